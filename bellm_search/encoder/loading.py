@@ -125,7 +125,9 @@ def load_tokenizer(path: str, padding_side: str) -> Any:
 def load_base_model(path: str, dtype: torch.dtype, attn_implementation: str | None) -> nn.Module:
     """The base ``*Model`` (no LM head) of any Hugging Face causal LM."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
