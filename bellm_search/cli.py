@@ -112,6 +112,181 @@ def prepare_model(as_json: JsonOpt = False) -> None:
     emit({"path": str(path)}, as_json, f"embedded model ready: {path}")
 
 
+# ----------------------------------------------------------------------------- collections
+CollectionOpt = Annotated[Optional[str], typer.Option(
+    "--collection", "-c", envvar="BELLM_COLLECTION",
+    help="Collection: a name under indexes/ or a path (default indexes/default; env BELLM_COLLECTION).")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process is writing.")]
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def collection_path(value: str | None) -> Path:
+    """A bare name lives under ./indexes/ and may not escape it; anything with a slash is a path."""
+    from bellm_search.errors import CollectionError
+
+    value = value or "default"
+    if "/" in value or value.startswith("~"):
+        return Path(value).expanduser()
+    if value in (".", "..") or not set(value) <= NAME_CHARS:
+        raise CollectionError(f"collection name {value!r}: use letters, digits, '.', '_' or '-' (or give a path)")
+    root = Path("indexes")
+    path = root / value
+    if path.is_symlink():
+        raise CollectionError(f"collection name {value!r} is a symbolic link; give the real path instead")
+    return path
+
+
+def open_collection(value: str | None, *, readonly: bool = False, **encoder_opts: Any) -> Any:
+    from bellm_search.collection import Collection
+
+    return Collection.open(collection_path(value), readonly=readonly, **encoder_opts)
+
+
+def _progress_bar(desc: str, unit: str = "doc") -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=desc, unit=unit, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+@app.command()
+def ingest(
+    corpora: Annotated[list[str], typer.Argument(help="Corpus files: .jsonl, .txt or - for stdin (several allowed).")],
+    collection: CollectionOpt = None,
+    text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = "id",
+    skip_invalid: SkipInvalidOpt = False,
+    skip_near_duplicates: Annotated[Optional[float], typer.Option(
+        "--skip-near-duplicates", help="Record a new document as a duplicate when its cosine to a stored one is >= this.")] = None,
+    normalize: Annotated[bool, typer.Option("--normalize", help="Social-media normalisation for exact duplicates (new collections).")] = False,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Documents per durable commit.")] = 2048,
+    model: ModelOpt = None, adapter: AdapterOpt = None, bidirectional_layers: BidirOpt = None,
+    pooling: PoolingOpt = None, prompt: PromptOpt = None, max_length: MaxLenOpt = None,
+    batch_size: BatchOpt = None, device: DeviceOpt = None, dtype: DTypeOpt = None,
+    no_wait: NoWaitOpt = False, as_json: JsonOpt = False,
+) -> None:
+    """Add documents to a collection (created on first use). Re-running resumes: known ids are skipped."""
+    from bellm_search.collection import Collection, MANIFEST
+    from bellm_search.corpus import CorpusOptions, ReadStats, read_corpus
+
+    path = collection_path(collection)
+    opts = encoder_options(model, adapter, bidirectional_layers, pooling, prompt, max_length, batch_size, device, dtype)
+    if (path / MANIFEST).is_file():
+        coll = Collection.open(path, **opts)
+    else:
+        coll = Collection.create(path, normalize_social=normalize, **opts)
+    options = CorpusOptions(text_field=text_field, id_field=id_field, skip_invalid=skip_invalid,
+                            prefix_ids=len(corpora) > 1)
+    read = ReadStats()
+    records = (rec for corpus in corpora for rec in read_corpus(corpus, options, read))
+    with coll, _progress_bar("ingest") as bar:
+        stats = coll.ingest(records, chunk_size=chunk_size, skip_near_duplicates=skip_near_duplicates,
+                            progress=bar.update, wait=not no_wait)
+        total = coll.store.count()
+    stats.invalid = read.invalid
+    for problem in read.problems:
+        note(f"skipped {problem}")
+    rate = (stats.added + stats.exact_duplicates + stats.near_duplicates) / max(stats.seconds, 1e-9)
+    note(f"{path}: added {stats.added}, skipped (known id) {stats.skipped_known}, exact duplicates "
+         f"{stats.exact_duplicates}, near duplicates {stats.near_duplicates}, invalid lines {stats.invalid} "
+         f"in {stats.seconds:.1f}s ({rate:.0f} docs/s); {total} documents")
+    emit({**stats.to_dict(), "collection": str(path), "documents": total}, as_json)
+
+
+def _read_queries(file: Path) -> list[str]:
+    from bellm_search.corpus import CorpusOptions, read_texts
+
+    return read_texts(str(file), CorpusOptions())
+
+
+@app.command()
+def query(
+    text: Annotated[Optional[str], typer.Argument(help="Query text (or use --file).")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Queries: .jsonl with 'text' or .txt, one per line.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Results per query.", min=1, max=10000)] = 10,
+    nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists to visit (default from the collection).", min=1)] = None,
+    where: Annotated[Optional[list[str]], typer.Option("--where", help="Metadata filter FIELD=VALUE (repeatable).")] = None,
+    collection: CollectionOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search a collection: the k nearest documents to each query."""
+    from bellm_search.collection import parse_where
+    from bellm_search.errors import ConfigError
+
+    if (text is None) == (file is None):
+        raise ConfigError("give a query TEXT or --file, not both and not neither")
+    texts = [text] if text is not None else _read_queries(file)
+    opts = {"device": device} if device else {}
+    with open_collection(collection, readonly=True, **opts) as coll:
+        results = coll.query(texts, k=k, nprobe=nprobe, where=parse_where(where or []))
+    for qi, (qtext, hits) in enumerate(zip(texts, results)):
+        if as_json:
+            for rank, hit in enumerate(hits, start=1):
+                emit({"query": qi, "rank": rank, **hit.to_dict()}, True)
+            continue
+        if len(texts) > 1:
+            typer.echo(f"# {qtext}")
+        for rank, hit in enumerate(hits, start=1):
+            snippet = hit.text.replace("\n", " ")
+            typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.id:<16}  {snippet[:100]}")
+
+
+@app.command()
+def delete(
+    ids: Annotated[list[str], typer.Argument(help="Source ids of the documents to delete.")],
+    collection: CollectionOpt = None,
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete documents by id (tombstoned; they never come back in results or dedup)."""
+    with open_collection(collection) as coll:
+        deleted, unknown = coll.delete(ids, wait=not no_wait)
+    if unknown:
+        note(f"not found (or already deleted): {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
+    note(f"deleted {deleted} document(s)")
+    emit({"deleted": deleted, "unknown": unknown}, as_json)
+
+
+@app.command()
+def reindex(
+    factory: Annotated[Optional[str], typer.Option("--factory", help="FAISS factory string, e.g. 'IVF4096,PQ72' or 'Flat'.")] = None,
+    nlist: Annotated[Optional[int], typer.Option("--nlist", min=1)] = None,
+    m: Annotated[Optional[int], typer.Option("--m", help="PQ sub-quantizers (must divide the dimension).", min=1)] = None,
+    opq: Annotated[Optional[bool], typer.Option("--opq/--no-opq", help="OPQ rotation before PQ.")] = None,
+    collection: CollectionOpt = None,
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild the index from the stored vectors (no re-encoding)."""
+    start = time.perf_counter()
+    with open_collection(collection) as coll:
+        desc = coll.reindex(factory=factory, nlist=nlist, m=m, opq=opq, wait=not no_wait)
+    note(f"rebuilt {desc['factory']} over {desc['ntotal']} vectors in {time.perf_counter() - start:.1f}s")
+    emit(desc, as_json)
+
+
+@app.command()
+def info(collection: CollectionOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a collection: counts, dimension, index type and parameters, encoder, disk size."""
+    with open_collection(collection, readonly=True) as coll:
+        data = coll.info()
+    if as_json:
+        emit(data, True)
+        return
+    idx, enc = data["index"], data["encoder"]
+    lines = [
+        f"collection   {data['path']}",
+        f"documents    {data['documents']} ({data['vectors']} vectors, {data['deleted']} deleted)",
+        f"dimension    {data['dim']}",
+        f"index        {idx.get('factory')} ({idx.get('type')}; nlist={idx.get('nlist')} m={idx.get('m')} "
+        f"nbits={idx.get('nbits')}; {idx.get('bytes_per_vector')} bytes/vector; gpu={idx.get('gpu')})",
+        f"encoder      {enc['model']} adapter={enc.get('adapter')} k={enc['bidirectional_layers']} "
+        f"pooling={enc['pooling']} max_length={enc['max_length']}",
+        f"disk         {data['disk_bytes'] / 1e6:.1f} MB",
+    ]
+    typer.echo("\n".join(lines))
+
+
 # ----------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Run the app; known errors become one line on stderr and exit code 1."""

@@ -262,9 +262,10 @@ class VectorIndex:
             ivf.cp.seed = self.cfg.seed
             ivf.cp.max_points_per_centroid = MAX_PER_LIST
             ivf.cp.min_points_per_centroid = MIN_PER_LIST   # our floor; silences FAISS' 39 warning
-            pq = getattr(faiss.downcast_index(ivf), "pq", None)
-            if pq is not None:
-                pq.cp.seed = self.cfg.seed
+            ivf = faiss.downcast_index(ivf)
+            if isinstance(ivf, faiss.IndexIVFPQ):
+                ivf.pq.cp.seed = self.cfg.seed
+                ivf.do_polysemous_training = False   # on by default in the factory; unused, slow
         self._index.train(xt)
 
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
