@@ -295,22 +295,29 @@ class Collection:
     # ------------------------------------------------------------------ ingest
     def ingest(self, records: Iterable[Record | dict[str, Any]], *, chunk_size: int = 2048,
                skip_near_duplicates: float | None = None, progress: Callable[[int], Any] | None = None,
-               wait: bool = True) -> IngestStats:
-        """Add records; known ids are skipped, exact duplicates recorded without encoding."""
+               wait: bool = True, vectors: np.ndarray | None = None) -> IngestStats:
+        """Add records; known ids are skipped, exact duplicates recorded without encoding.
+
+        ``vectors`` (n, dim), aligned with ``records``, skips the encoder (embeddings made elsewhere
+        with the same encoder)."""
         self._check_writable()
         stats, start = IngestStats(), time.perf_counter()
         with writer_lock(self.path, wait):
             index = self.index
             chunk: list[Record] = []
+            offset = 0
             for n, item in enumerate(records, start=1):
                 chunk.append(to_record(item, n))
                 if len(chunk) >= chunk_size:
-                    self._ingest_chunk(chunk, stats, index, skip_near_duplicates)
+                    given = None if vectors is None else vectors[offset:offset + len(chunk)]
+                    self._ingest_chunk(chunk, stats, index, skip_near_duplicates, given)
+                    offset += len(chunk)
                     if progress:
                         progress(len(chunk))
                     chunk = []
             if chunk:
-                self._ingest_chunk(chunk, stats, index, skip_near_duplicates)
+                given = None if vectors is None else vectors[offset:offset + len(chunk)]
+                self._ingest_chunk(chunk, stats, index, skip_near_duplicates, given)
                 if progress:
                     progress(len(chunk))
             self._maybe_grow_index()
@@ -322,10 +329,11 @@ class Collection:
         if self.readonly:
             raise CollectionError(f"{self.path} was opened read-only")
 
-    def _ingest_chunk(self, chunk: list[Record], stats: IngestStats, index: Any, near: float | None) -> None:
+    def _ingest_chunk(self, chunk: list[Record], stats: IngestStats, index: Any, near: float | None,
+                      given: np.ndarray | None = None) -> None:
         with self.store.writer() as w:
             fresh, followers = self._plan_chunk(w, chunk, stats)
-            vecs = self.encoder.encode([r.text for r, _ in fresh]) if fresh else np.zeros((0, self.dim), np.float32)
+            vecs = self._vectors_for(fresh, chunk, given)
             dup_of = self._near_duplicates(vecs, index, near) if near is not None else {}
             first_of_row: dict[int, int] = {}  # row -> int id its exact copies point to
             added_ids: list[int] = []
@@ -346,6 +354,17 @@ class Collection:
         if added_ids:  # after the commit: the index only ever holds durable vectors
             ids = np.asarray([first_of_row[r] for r in added_ids], dtype=np.int64)
             index.add(vecs[added_ids], ids)
+
+    def _vectors_for(self, fresh: list[tuple[Record, bytes]], chunk: list[Record], given: np.ndarray | None) -> np.ndarray:
+        if not fresh:
+            return np.zeros((0, self.dim), np.float32)
+        if given is None:
+            return self.encoder.encode([r.text for r, _ in fresh])
+        if given.shape != (len(chunk), self.dim):
+            raise CollectionError(f"vectors of shape {given.shape} do not match {len(chunk)} records x {self.dim} dims")
+        row_of = {id(rec): i for i, rec in enumerate(chunk)}
+        vecs = np.asarray(given[[row_of[id(r)] for r, _ in fresh]], dtype=np.float32)
+        return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
 
     def _plan_chunk(self, w: Any, chunk: list[Record], stats: IngestStats) -> tuple[list, list]:
         """Record skips and exact duplicates of stored docs; return (to encode, in-chunk copies)."""

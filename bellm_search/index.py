@@ -185,6 +185,20 @@ def _ivf(index: "faiss.Index") -> "faiss.IndexIVF | None":
         return None
 
 
+def _setup_training(index: "faiss.Index", seed: int) -> None:
+    """Seed the IVF k-means and the PQ k-means (on the CPU index, before any GPU clone)."""
+    ivf = _ivf(index)
+    if ivf is None:
+        return
+    ivf.cp.seed = seed
+    ivf.cp.max_points_per_centroid = MAX_PER_LIST
+    ivf.cp.min_points_per_centroid = MIN_PER_LIST       # our floor; silences FAISS' 39 warning
+    ivf = faiss.downcast_index(ivf)
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        ivf.pq.cp.seed = seed
+        ivf.do_polysemous_training = False              # on by default in the factory; unused, slow
+
+
 def _to_gpu(index: "faiss.Index") -> "faiss.Index":
     co = faiss.GpuMultipleClonerOptions()
     co.useFloat16 = True    # fp16 PQ lookup tables: needed for large m on GPU
@@ -219,6 +233,7 @@ class VectorIndex:
             raise ConfigError(f"bad faiss factory string {factory!r}: {_first_line(e)}") from None
         if _ivf(index) is None and not isinstance(index, faiss.IndexIDMap2):
             index = faiss.IndexIDMap2(index)   # Flat etc. need an id map for ids and remove
+        _setup_training(index, cfg.seed)
         vi = cls(index, factory, cfg)
         vi._maybe_gpu()
         return vi
@@ -253,19 +268,11 @@ class VectorIndex:
         return self._factory
 
     def train(self, xt: np.ndarray) -> None:
-        """Train on xt (already sampled, see training_size/training_sample), seeded by cfg.seed."""
+        """Train on xt (already sampled: see training_size/training_sample); seeded at create."""
         xt = _as_vectors(xt, self.d, "training vectors")
-        ivf = _ivf(self._index)
-        if ivf is not None and not self._gpu:
-            if len(xt) < ivf.nlist:
-                raise CollectionError(f"need at least nlist={ivf.nlist} training vectors, got {len(xt)}")
-            ivf.cp.seed = self.cfg.seed
-            ivf.cp.max_points_per_centroid = MAX_PER_LIST
-            ivf.cp.min_points_per_centroid = MIN_PER_LIST   # our floor; silences FAISS' 39 warning
-            ivf = faiss.downcast_index(ivf)
-            if isinstance(ivf, faiss.IndexIVFPQ):
-                ivf.pq.cp.seed = self.cfg.seed
-                ivf.do_polysemous_training = False   # on by default in the factory; unused, slow
+        nlist = self._static["nlist"]
+        if nlist is not None and len(xt) < nlist:
+            raise CollectionError(f"need at least nlist={nlist} training vectors, got {len(xt)}")
         self._index.train(xt)
 
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:

@@ -1,0 +1,194 @@
+"""Collections: ingest/query/delete/reindex, resume, crash safety, concurrency (fake encoder)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bellm_search.collection import Collection, parse_where
+from bellm_search.errors import CollectionError
+from bellm_search.index import IndexConfig
+from fakes import FakeEncoder
+
+HERE = Path(__file__).parent
+
+
+def docs(n: int, prefix: str = "d"):
+    return [{"id": f"{prefix}{i}", "text": f"post {prefix} {i}", "lang": "en" if i % 2 else "fr", "likes": i}
+            for i in range(n)]
+
+
+def make(tmp_path, n=50, **kw):
+    enc = FakeEncoder()
+    coll = Collection.create(tmp_path / "c", encoder=enc, **kw)
+    coll.ingest(docs(n))
+    return coll, enc
+
+
+def test_ingest_query_round_trip(tmp_path):
+    coll, _ = make(tmp_path)
+    hits = coll.query("post d 7", k=3)
+    assert hits[0].id == "d7" and hits[0].score == pytest.approx(1.0, abs=1e-3)
+    assert hits[0].metadata == {"lang": "en", "likes": 7}
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    batch = coll.query(["post d 3", "post d 4"], k=1)
+    assert [b[0].id for b in batch] == ["d3", "d4"]
+
+
+def test_where_filter(tmp_path):
+    coll, _ = make(tmp_path)
+    hits = coll.query("post d 7", k=5, where=parse_where(["lang=fr"]))
+    assert len(hits) == 5 and all(h.metadata["lang"] == "fr" for h in hits)
+    assert coll.query("post d 7", k=5, where={"likes": "8"})[0].id == "d8"
+    with pytest.raises(CollectionError):
+        parse_where(["nolang"])
+
+
+def test_reingest_is_a_noop_and_resumes(tmp_path):
+    coll, enc = make(tmp_path)
+    calls = enc.calls
+    stats = coll.ingest(docs(60))
+    assert (stats.added, stats.skipped_known) == (10, 50)
+    assert coll.store.count() == 60 and coll.index.ntotal == 60
+    assert enc.calls == calls + 1  # only the 10 new texts were encoded
+
+
+def test_exact_duplicates_are_not_encoded(tmp_path):
+    enc = FakeEncoder()
+    coll = Collection.create(tmp_path / "c", encoder=enc, normalize_social=True)
+    stats = coll.ingest([{"id": "a", "text": "Big sale today! http://t.co/1"},
+                         {"id": "b", "text": "RT @shop: big sale today!!! http://t.co/2"},
+                         {"id": "c", "text": "something else"},
+                         {"id": "d", "text": "Big  SALE today!"}])
+    assert (stats.added, stats.exact_duplicates) == (2, 2)
+    assert coll.index.ntotal == 2 and coll.store.count() == 4
+    assert coll.store.get_doc(coll.store.lookup_key("b"))["dup_of"] == coll.store.lookup_key("a")
+
+
+def test_delete_never_comes_back(tmp_path):
+    coll, _ = make(tmp_path)
+    deleted, unknown = coll.delete(["d7", "nope"])
+    assert (deleted, unknown) == (1, ["nope"])
+    assert all(h.id != "d7" for h in coll.query("post d 7", k=50))
+    coll.close()
+    reopened = Collection.open(tmp_path / "c", encoder=FakeEncoder())
+    assert all(h.id != "d7" for h in reopened.query("post d 7", k=50))
+    assert reopened.store.count() == 49 and reopened.index.ntotal == 49
+    reopened.ingest([{"id": "d7", "text": "post d 7"}])  # a deleted id stays deleted on re-ingest
+    assert all(h.id != "d7" for h in reopened.query("post d 7", k=50))
+
+
+def test_reindex_ivfpq_from_stored_vectors_without_encoding(tmp_path):
+    coll, enc = make(tmp_path, n=2000)
+    calls = enc.calls
+    desc = coll.reindex(factory="IVF16,PQ4")
+    assert desc["ntotal"] == 2000 and "IVF16" in desc["factory"]
+    assert enc.calls == calls
+    hits = coll.query("post d 1234", k=5, nprobe=16)
+    assert hits[0].id == "d1234" and hits[0].score == pytest.approx(1.0, abs=1e-3)  # exact re-rank
+    coll.ingest(docs(2100)[2000:])  # incremental add to the trained index
+    assert coll.index.ntotal == 2100 and coll.query("post d 2050", k=1, nprobe=16)[0].id == "d2050"
+    coll.close()
+    again = Collection.open(tmp_path / "c", encoder=FakeEncoder())
+    assert again.index.ntotal == 2100 and "IVF16" in again.info()["index"]["factory"]
+
+
+def test_automatic_growth_from_flat_to_ivfpq(tmp_path):
+    enc = FakeEncoder()
+    coll = Collection.create(tmp_path / "c", encoder=enc, index_config=IndexConfig(flat_max=1000))
+    coll.ingest(docs(900))
+    assert coll.info()["index"]["type"] == "Flat"
+    coll.ingest(docs(2500))
+    info = coll.info()
+    assert "IVF" in info["index"]["factory"] and info["index"]["ntotal"] == 2500
+    assert info["bytes_per_vector"] < 4 * enc.dim
+
+
+def test_other_encoder_refused(tmp_path):
+    coll, _ = make(tmp_path)
+    coll.close()
+    with pytest.raises(CollectionError, match="different encoder"):
+        Collection.open(tmp_path / "c", encoder=FakeEncoder(name="other-model"))
+
+
+def test_open_missing_or_corrupt(tmp_path):
+    with pytest.raises(CollectionError, match="not a collection"):
+        Collection.open(tmp_path / "none")
+    coll, _ = make(tmp_path)
+    coll.close()
+    (tmp_path / "c" / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(CollectionError, match="check --repair"):
+        Collection.open(tmp_path / "c", encoder=FakeEncoder()).index
+
+
+def test_index_catches_up_after_crash_between_commit_and_save(tmp_path):
+    coll, _ = make(tmp_path, n=20)
+    # simulate: records committed to LMDB but the index never saved (process died)
+    from bellm_search.collection import IngestStats, to_record
+
+    coll._ingest_chunk([to_record(d, i) for i, d in enumerate(docs(30)[20:])], IngestStats(), coll.index, None)
+    coll.close()
+    again = Collection.open(tmp_path / "c", encoder=FakeEncoder())
+    assert again.index.ntotal == 30 and again.query("post d 25", k=1)[0].id == "d25"
+
+
+def _run_ingest(path, n, chunk, delay):
+    return subprocess.Popen([sys.executable, str(HERE / "crash_ingest.py"), str(path), str(n), str(chunk), str(delay)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _stored(path) -> int:
+    from bellm_search.store import Store
+
+    try:
+        with Store(path / "meta.lmdb", readonly=True) as s:
+            return s.count()
+    except Exception:
+        return 0
+
+
+@pytest.mark.parametrize("kill_after", [1, 3])
+def test_sigkill_mid_ingest_then_resume(tmp_path, kill_after):
+    path, n, chunk = tmp_path / "c", 400, 50
+    proc = _run_ingest(path, n, chunk, 0.15)
+    deadline = time.time() + 60
+    while _stored(path) < kill_after * chunk and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    mid = _stored(path)
+    assert 0 < mid < n
+    proc = _run_ingest(path, n, chunk, 0.0)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+    coll = Collection.open(path, encoder=FakeEncoder())
+    ids = [doc["id"] for _, doc in coll.store.iter_docs()]
+    assert len(ids) == n == len(set(ids)) == coll.store.count()
+    assert coll.index.ntotal == n
+    _, I = coll.index.search(coll.store.get_vectors(np.arange(n)), 1)
+    assert sorted(I[:, 0].tolist()) == list(range(n))  # every stored vector in the index exactly once
+
+
+def test_query_while_another_process_ingests(tmp_path):
+    path = tmp_path / "c"
+    Collection.create(path, encoder=FakeEncoder()).close()
+    proc = _run_ingest(path, 600, 50, 0.05)
+    seen = []
+    try:
+        while proc.poll() is None:
+            with Collection.open(path, readonly=True, encoder=FakeEncoder()) as coll:
+                hits = coll.query("synthetic post number 3", k=5)
+                seen.append(coll.store.count())
+                assert all(coll.store.get_doc(coll.store.lookup_key(h.id)) for h in hits)
+            time.sleep(0.05)
+    finally:
+        proc.wait()
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    assert len(seen) >= 2 and seen == sorted(seen)
+    with Collection.open(path, readonly=True, encoder=FakeEncoder()) as coll:
+        assert coll.query("synthetic post number 3", k=1)[0].id == "doc-3"
