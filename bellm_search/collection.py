@@ -158,6 +158,7 @@ class Collection:
         self.store = Store(path / META_DIR, readonly=readonly, dim=None if readonly else manifest["dim"])
         self._encoder: Any = None
         self._index: Any = None
+        self._index_may_wait = True  # an index that cannot be trained yet starts as Flat
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -263,8 +264,11 @@ class Collection:
         index = VectorIndex.create(self.dim, chosen, self.index_config)
         if not index.is_trained:
             nlist = _nlist_of(chosen)
-            if n < max(nlist, 1) * 30:
-                raise CollectionError(f"cannot train {chosen} on {n} vectors: need >= {nlist * 30} (lower --nlist)")
+            if n < nlist * 30:
+                if not self._index_may_wait:
+                    raise CollectionError(f"cannot train {chosen} on {n} vectors: need >= {nlist * 30} (lower --nlist)")
+                log.info("%s needs %d vectors to train; exact Flat until then", chosen, nlist * 30)
+                return self._build_index("Flat")
             size = training_size(nlist, n)
             ids = self._live_ids()[training_sample(n, size, self.index_config.seed)]
             index.train(self.store.get_vectors(ids))
@@ -341,7 +345,7 @@ class Collection:
                 if row in dup_of:
                     target, score = dup_of[row]
                     target = target if target >= 0 else first_of_row[-target - 1]
-                    w.add_doc(rec.id, _doc(rec, dup_of=target, score=score))
+                    w.add_doc(rec.id, _doc(rec, dup_of=target, score=score), text_hash=h)
                     first_of_row[row] = target
                     stats.near_duplicates += 1
                 else:
@@ -413,9 +417,13 @@ class Collection:
     def _maybe_grow_index(self) -> None:
         """Flat -> IVF-PQ once the collection outgrows flat_max (automatic choice only)."""
         cfg = self.index_config
-        if cfg.factory or self._index is None or "IVF" in self._index.factory:
+        if self._index is None or "IVF" in self._index.factory:
             return
-        if self.store.num_vectors() > cfg.flat_max:
+        n = self.store.num_vectors()
+        if cfg.factory and "IVF" in cfg.factory and n >= _nlist_of(cfg.factory) * 30:
+            log.info("collection has %d vectors: training its %s index", n, cfg.factory)
+            self._index = self._build_index(cfg.factory)
+        elif not cfg.factory and n > cfg.flat_max:
             log.info("collection passed %d vectors: rebuilding the index as IVF-PQ", cfg.flat_max)
             self._index = self._build_index(None)
 
@@ -494,7 +502,11 @@ class Collection:
         cfg.update({k: v for k, v in {"factory": factory, "nlist": nlist, "m": m, "opq": opq}.items() if v is not None})
         with writer_lock(self.path, wait):
             self.index_config = IndexConfig.from_dict(cfg)
-            self._index = self._build_index(self.index_config.factory)
+            self._index_may_wait = False  # an explicit rebuild that cannot train is an error
+            try:
+                self._index = self._build_index(self.index_config.factory)
+            finally:
+                self._index_may_wait = True
             self.manifest["index_config"] = self.index_config.to_dict()
             self.save_index()
         return self._index.describe()

@@ -1,0 +1,141 @@
+"""`bellm-search train` and `bellm-search eval sts`: plain functions with Typer signatures.
+
+cli.py registers them (``app.command("train")(train_command)``,
+``eval_app.command("sts")(eval_sts_command)``). Heavy imports stay inside the bodies.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from bellm_search.errors import ConfigError
+
+
+def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False) if as_json else text)
+
+
+def _note(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _targets(value: str) -> tuple[str, ...]:
+    from bellm_search.encoder.train import ALL_LINEAR
+
+    if value in ("all-linear", "all"):
+        return ALL_LINEAR
+    names = tuple(x.strip() for x in value.split(",") if x.strip())
+    if not names:
+        raise ConfigError("--lora-targets: give module names like q_proj,v_proj or 'all-linear'")
+    return names
+
+
+def train_command(
+    data: Annotated[Path, typer.Option("--data", help="Training JSONL: {anchor, positive[, negative]} or {text1, text2, score} rows.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Adapter folder to write (peft files + bellm_adapter.json).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model: local folder or hub id (default: embedded SmolLM2-135M-Instruct).")] = None,
+    bidirectional_layers: Annotated[int, typer.Option("--bidirectional-layers", help="Top layers made bidirectional (0 = causal).", min=0)] = 0,
+    pooling: Annotated[str, typer.Option("--pooling", help="last | mean")] = "last",
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt with {text}; default: the BeLLM prompt for last pooling, {text} for mean.")] = None,
+    train_layers: Annotated[Optional[int], typer.Option("--train-layers", help="LoRA on the top N layers and cache the frozen lower layers' states (0 = LoRA on every layer, no cache).", min=0)] = 8,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank.", min=1)] = 16,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha", help="LoRA alpha (scale = alpha / r).", min=1)] = 32,
+    lora_dropout: Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout.", min=0.0, max=0.9)] = 0.0,
+    lora_targets: Annotated[str, typer.Option("--lora-targets", help="Comma-separated linear module names, or all-linear.")] = "all-linear",
+    epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored with --max-steps).")] = 1.0,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).", min=1)] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warmup then linear decay).")] = 2e-4,
+    warmup: Annotated[float, typer.Option("--warmup", help="Warmup: a fraction of the steps (< 1) or a number of steps.")] = 0.05,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per micro-batch (the in-batch negatives).", min=2)] = 32,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.", min=1)] = 1,
+    max_length: Annotated[int, typer.Option("--max-length", help="Max tokens per training text (prompt included).", min=8)] = 128,
+    w_contrastive: Annotated[float, typer.Option("--w-contrastive", help="Weight of the in-batch contrastive term.")] = 1.0,
+    w_angle: Annotated[float, typer.Option("--w-angle", help="Weight of the AnglE angle term.")] = 0.02,
+    w_cosent: Annotated[float, typer.Option("--w-cosent", help="Weight of the CoSENT ranking term (use it for scored pairs).")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the LoRA init, data order and dropout.")] = 42,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/checkpoint.pt after an interruption.")] = False,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint every N steps.", min=1)] = 50,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward (less memory, slower).")] = False,
+    dev: Annotated[Optional[Path], typer.Option("--dev", help="STS file scored at the end (Spearman x 100, stored in bellm_adapter.json).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).", min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+) -> None:
+    """Train a BeLLM LoRA adapter with the AnglE loss; OUTPUT becomes a complete adapter folder."""
+    import torch
+
+    from bellm_search.encoder.train import TrainConfig, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = TrainConfig(
+        data=str(data), output=str(output), model=model, bidirectional_layers=bidirectional_layers,
+        pooling=pooling, prompt=prompt, max_length=max_length, train_layers=train_layers or None,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=_targets(lora_targets),
+        epochs=epochs, max_steps=max_steps, lr=lr, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum,
+        w_contrastive=w_contrastive, w_angle=w_angle, w_cosent=w_cosent, seed=seed, resume=resume,
+        checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
+        dev=str(dev) if dev else None, device=device, dtype=dtype,
+    )
+    start = time.perf_counter()
+    folder = train(cfg)
+    meta = json.loads((folder / "bellm_adapter.json").read_text(encoding="utf-8"))["training"]
+    summary = {"output": str(folder), "steps": meta["steps"], "train_seconds": meta["train_seconds"],
+               "seconds": round(time.perf_counter() - start, 1), "final_loss": meta["final_loss"],
+               "dev_spearman": meta["dev_spearman"]}
+    dev_text = "" if meta["dev_spearman"] is None else f", dev Spearman {meta['dev_spearman']:.2f}"
+    _note(f"trained {meta['steps']} steps in {meta['train_seconds']:.0f}s{dev_text}")
+    _emit(summary, as_json, f"adapter written to {folder}")
+
+
+def sts_score(pairs: list, encoder: Any) -> float:
+    """Spearman x 100 of cosine(text1, text2) vs the gold scores."""
+    import numpy as np
+
+    from bellm_search.evaluation import spearman
+
+    texts = list(dict.fromkeys([p.text1 for p in pairs] + [p.text2 for p in pairs]))
+    row = {t: i for i, t in enumerate(texts)}
+    vecs = encoder.encode(texts)  # L2-normalised
+    cos = np.einsum("ij,ij->i", vecs[[row[p.text1] for p in pairs]], vecs[[row[p.text2] for p in pairs]])
+    return 100.0 * spearman(cos, [p.score for p in pairs])
+
+
+def eval_sts_command(
+    file: Annotated[Path, typer.Argument(help="STS file: STS-B TSV (score in column 4, sentences in 5-6) or JSONL {text1, text2, score}.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model: local folder or hub id (default: embedded SmolLM2-135M-Instruct).")] = None,
+    adapter: Annotated[Optional[str], typer.Option("--adapter", help="LoRA adapter folder ('none' = no adapter; default: the shipped BeLLM adapter).")] = None,
+    bidirectional_layers: Annotated[Optional[int], typer.Option("--bidirectional-layers", help="Top layers made bidirectional (0 = causal).", min=0)] = None,
+    pooling: Annotated[Optional[str], typer.Option("--pooling", help="last | mean")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt with {text}; default is the BeLLM prompt for last pooling.")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Max tokens per text (longer texts are truncated).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Max texts per encoder batch.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto | stsb | jsonl")] = "auto",
+    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+) -> None:
+    """Spearman x 100 of cosine similarity vs gold scores on an STS file."""
+    from bellm_search.encoder import Encoder
+    from bellm_search.evaluation import read_sts
+
+    pairs = read_sts(file, fmt)  # type: ignore[arg-type]
+    if len(pairs) < 2:
+        raise ConfigError(f"{file}: need at least 2 scored pairs")
+    given = dict(model=model, adapter=adapter, bidirectional_layers=bidirectional_layers, pooling=pooling,
+                 prompt=prompt, max_length=max_length, batch_size=batch_size, device=device)
+    start = time.perf_counter()
+    encoder = Encoder(**{k: v for k, v in given.items() if v is not None})
+    score = sts_score(pairs, encoder)
+    seconds = time.perf_counter() - start
+    cfg = encoder.config
+    result = {"file": str(file), "pairs": len(pairs), "spearman": round(score, 2), "model": cfg.model,
+              "adapter": cfg.adapter, "bidirectional_layers": cfg.bidirectional_layers,
+              "pooling": cfg.pooling, "seconds": round(seconds, 1)}
+    _note(f"{len(pairs)} pairs, {seconds:.1f}s")
+    _emit(result, as_json, f"Spearman x 100: {score:.2f}")

@@ -1,0 +1,136 @@
+"""Near-duplicate detection over collections, with planted duplicates (fake encoder)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bellm_search.collection import Collection
+from bellm_search.dedup_job import find_clusters, run_dedup
+from bellm_search.index import IndexConfig
+from fakes import FakeEncoder, base_vector, near
+
+THRESHOLD = 0.9
+
+
+def planted():
+    """Two near-duplicate groups, one exact group, a tricky pair below threshold, and singles."""
+    a, b, t = base_vector("A"), base_vector("B"), base_vector("T")
+    table = {
+        "Earthquake of magnitude 6.1 hits northern Japan": a,
+        "Magnitude 6.1 earthquake hits northern Japan": near(a, 0.97, "a1"),
+        "Northern Japan hit by a 6.1 magnitude quake": near(a, 0.95, "a2"),
+        "Free iPhone giveaway click the link now": b,
+        "FREE iphone giveaway - click the link now!!": near(b, 0.98, "b1"),
+        "The dog bit the man": t,
+        "The man bit the dog": near(t, 0.80, "t1"),  # same words, different meaning
+    }
+    rows = [("e1", "Earthquake of magnitude 6.1 hits northern Japan", 5),
+            ("e2", "Magnitude 6.1 earthquake hits northern Japan", 50),
+            ("s1", "Free iPhone giveaway click the link now", 1),
+            ("x1", "The dog bit the man", 0),
+            ("e3", "Northern Japan hit by a 6.1 magnitude quake", 7),
+            ("s2", "FREE iphone giveaway - click the link now!!", 3),
+            ("x2", "The man bit the dog", 0),
+            ("r1", "RT @news: Earthquake of magnitude 6.1 hits northern Japan http://t.co/x", 0),
+            ("u1", "completely unrelated post about cooking pasta", 0),
+            ("u2", "another unrelated one about football", 0)]
+    return table, [{"id": i, "text": t, "likes": n} for i, t, n in rows]
+
+
+def make(tmp_path, index_config=None, **ingest):
+    table, records = planted()
+    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True,
+                             index_config=index_config)
+    coll.ingest(records, **ingest)
+    return coll
+
+
+def source_clusters(coll, found):
+    name = lambda i: coll.store.get_doc(int(i))["id"]  # noqa: E731
+    return sorted(sorted(name(m) for m in members) for members in found.members)
+
+
+def test_planted_clusters_exactly(tmp_path):
+    coll = make(tmp_path)
+    found, live, exact = find_clusters(coll, THRESHOLD, k=5)
+    assert source_clusters(coll, found) == [["e1", "e2", "e3", "r1"], ["s1", "s2"]]
+    assert len(live) == 10
+    assert [coll.store.get_doc(int(i))["id"] for i in exact] == ["r1"]
+
+
+def test_keep_policies(tmp_path):
+    coll = make(tmp_path)
+    name = lambda i: coll.store.get_doc(int(i))["id"]  # noqa: E731
+    for keep, expect in [("first", {"e1", "s1"}), ("field:likes", {"e2", "s2"}),
+                         ("shortest", {"e3", "s1"}), ("longest", {"r1", "s2"})]:
+        found, _, _ = find_clusters(coll, THRESHOLD, k=5, keep=keep)
+        assert {name(k) for k in found.keep} == expect, keep
+
+
+def test_outputs_parse_back(tmp_path):
+    coll = make(tmp_path)
+    out = tmp_path / "out"
+    res = run_dedup(coll, THRESHOLD, k=5, output=out / "clusters.jsonl", emit="clusters")
+    lines = [json.loads(x) for x in (out / "clusters.jsonl").read_text().splitlines()]
+    assert [sorted(c["members"]) for c in lines] == [["e1", "e2", "e3", "r1"], ["s1", "s2"]]
+    assert lines[0]["keep"] == "e1" and 0.9 <= lines[0]["min_score"] <= lines[0]["max_score"] <= 1.0
+    assert (res.documents, res.clusters, res.removed, res.removed_exact, res.removed_near) == (10, 2, 4, 1, 3)
+    run_dedup(coll, THRESHOLD, k=5, output=out / "remove.txt", emit="remove")
+    run_dedup(coll, THRESHOLD, k=5, output=out / "keep.txt", emit="keep")
+    removed = (out / "remove.txt").read_text().split()
+    kept = (out / "keep.txt").read_text().split()
+    assert sorted(removed) == ["e2", "e3", "r1", "s2"]
+    assert sorted(kept + removed) == sorted(d["id"] for d in planted()[1])
+    run_dedup(coll, THRESHOLD, k=5, output=out / "pairs.jsonl", emit="pairs")
+    pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+    assert {"id1", "id2", "score"} <= set(pairs[0]) and all(p["score"] >= THRESHOLD for p in pairs)
+    assert not any({p["id1"], p["id2"]} == {"x1", "x2"} for p in pairs)
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_deleted_documents_never_appear(tmp_path):
+    coll = make(tmp_path)
+    coll.delete(["e2", "s1"])
+    found, live, _ = find_clusters(coll, THRESHOLD, k=5)
+    assert source_clusters(coll, found) == [["e1", "e3", "r1"]]
+    assert len(live) == 8
+
+
+def test_works_on_ivfpq_collection(tmp_path):
+    table, records = planted()
+    filler = [{"id": f"f{i}", "text": f"filler post {i}"} for i in range(3000)]
+    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True,
+                             index_config=IndexConfig(factory="IVF16,PQ4", nprobe=16))
+    coll.ingest(filler[:1000])
+    coll.reindex(factory="IVF16,PQ4")
+    coll.ingest(records + filler[1000:])
+    found, _, _ = find_clusters(coll, THRESHOLD, k=5, nprobe=16)
+    assert source_clusters(coll, found) == [["e1", "e2", "e3", "r1"], ["s1", "s2"]]
+
+
+def test_temporary_ivf_path_matches_exact(tmp_path, monkeypatch):
+    import bellm_search.dedup_job as job
+
+    coll = make(tmp_path)
+    exact, _, _ = find_clusters(coll, THRESHOLD, k=5)
+    monkeypatch.setattr(job, "EXACT_SEARCH_MAX", 0)
+    monkeypatch.setattr(job, "choose_nlist", lambda n: 1, raising=False)
+    import bellm_search.index as index_mod
+
+    monkeypatch.setattr(index_mod, "choose_nlist", lambda n: 1)
+    approx, _, _ = find_clusters(coll, THRESHOLD, k=5)
+    assert source_clusters(coll, approx) == source_clusters(coll, exact)
+
+
+def test_streaming_rejects_planted_near_duplicates(tmp_path):
+    coll = make(tmp_path, skip_near_duplicates=THRESHOLD)
+    assert coll.index.ntotal == 6  # e1, s1, x1, x2, u1, u2
+    e2 = coll.store.get_doc(coll.store.lookup_key("e2"))
+    assert e2["dup_of"] == coll.store.lookup_key("e1") and 0.96 < e2["dup_score"] < 0.98
+    stats = coll.ingest([{"id": "late", "text": "Magnitude 6.1 earthquake hits northern Japan"},
+                         {"id": "new", "text": "fresh news"}], skip_near_duplicates=THRESHOLD)
+    assert (stats.added, stats.exact_duplicates) == (1, 1)
+    found, _, _ = find_clusters(coll, THRESHOLD, k=5)
+    assert source_clusters(coll, found) == [["e1", "e2", "e3", "late", "r1"], ["s1", "s2"]]

@@ -1,0 +1,238 @@
+"""Training on a tiny random model: the cached top-layer path, resume after a crash, the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from bellm_search.encoder.train import (
+    TrainConfig,
+    build_model,
+    full_forward,
+    lower_states,
+    micro_batch,
+    negative_mask,
+    read_training_data,
+    tokenize_texts,
+    top_forward,
+    train,
+)
+from bellm_search.errors import ConfigError, CorpusError
+
+SENTENCES = [
+    "the man is playing guitar", "a man plays the guitar", "the woman is riding a horse",
+    "a dog is playing", "the cat is good", "the city news today", "the stock market crashed",
+    "a child is riding a bike", "the sun and rain", "love is good", "hate is bad", "a man plays piano",
+]
+
+
+def write_triples(path: Path, n: int = 24) -> Path:
+    rows = []
+    for i in range(n):
+        s = SENTENCES
+        row = {"anchor": s[i % 12] + " " + s[(i * 5) % 12], "positive": s[i % 12]}
+        if i % 3:
+            row["negative"] = s[(i + 6) % 12]
+        rows.append(row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_dev(path: Path) -> Path:
+    rows = [{"text1": SENTENCES[i], "text2": SENTENCES[(i * 7 + 1) % 12], "score": float(i % 5)} for i in range(12)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_cfg(tmp_path: Path, model: Path, **kw) -> TrainConfig:
+    base = dict(data=str(write_triples(tmp_path / "data.jsonl")), output=str(tmp_path / "out"),
+                model=str(model), bidirectional_layers=2, train_layers=3, max_steps=5, batch_size=6,
+                dtype="float32", device="cpu", cache_root=str(tmp_path / "cache"), show_progress=False,
+                lora_dropout=0.1, lr=1e-2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def randomise_lora(model: torch.nn.Module) -> None:
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
+@pytest.mark.parametrize("pooling,k,n", [("last", 2, 3), ("mean", 2, 2), ("last", 0, 4), ("mean", 4, 4)])
+def test_cached_top_layers_equal_the_full_model(tmp_path, tiny_llama, pooling, k, n):
+    from bellm_search.encoder.loading import load_tokenizer
+
+    cfg = tiny_cfg(tmp_path, tiny_llama, pooling=pooling, bidirectional_layers=k, train_layers=n)
+    model, base, start = build_model(cfg, torch.device("cpu"), torch.float32)
+    randomise_lora(model)
+    model.eval()
+    ids = tokenize_texts(load_tokenizer(str(tiny_llama), "right"), cfg.encoder_config(), SENTENCES)
+    with torch.no_grad():
+        full = full_forward(base, ids, 1, pooling)
+        states = [s for i in range(0, 12, 5) for s in lower_states(base, start, ids[i:i + 5], 1)]
+        cached = top_forward(base, start, states, pooling)
+    assert start == 4 - n
+    assert torch.allclose(cached, full, atol=1e-5), (cached - full).abs().max()
+
+
+def test_k1_equals_causal_with_last_pooling(tmp_path, tiny_llama):
+    from bellm_search.encoder.loading import load_tokenizer
+
+    ids = tokenize_texts(load_tokenizer(str(tiny_llama), "right"), tiny_cfg(tmp_path, tiny_llama).encoder_config(), SENTENCES)
+    out = {}
+    for k in (0, 1, 2):
+        torch.manual_seed(0)
+        model, base, _ = build_model(tiny_cfg(tmp_path, tiny_llama, bidirectional_layers=k), torch.device("cpu"), torch.float32)
+        randomise_lora(model)
+        with torch.no_grad():
+            out[k] = full_forward(base, ids, 1, "last")
+    assert torch.allclose(out[0], out[1], atol=1e-5)
+    assert not torch.allclose(out[0], out[2], atol=1e-3)  # k = 2 does change the pooled vector
+
+
+def test_training_writes_an_adapter_the_encoder_loads(tmp_path, tiny_llama):
+    from bellm_search.encoder import Encoder
+    from bellm_search.evaluation import read_sts
+    from bellm_search.train_cli import sts_score
+
+    dev = write_dev(tmp_path / "dev.jsonl")
+    out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), lora_dropout=0.0))
+    meta = json.loads((out / "bellm_adapter.json").read_text())
+    assert meta["bidirectional_layers"] == 2 and meta["pooling"] == "last"
+    assert meta["training"]["steps"] == 5 and meta["training"]["seed"] == 42
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "bellm_adapter.json"]
+    enc = Encoder(model=str(tiny_llama), adapter=str(out), device="cpu", dtype="float32")
+    assert enc.config.bidirectional_layers == 2
+    # the cached training path and the merged inference encoder give the same dev score
+    assert sts_score(read_sts(dev), enc) == pytest.approx(meta["training"]["dev_spearman"], abs=0.02)
+    bare = Encoder(model=str(tiny_llama), adapter="none", bidirectional_layers=2, device="cpu", dtype="float32")
+    assert not np.allclose(enc.encode(SENTENCES[:3]), bare.encode(SENTENCES[:3]), atol=1e-4)
+
+
+def lora_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("train_layers", [3, None])
+def test_resume_after_crash_matches_an_uninterrupted_run(tmp_path, tiny_llama, train_layers):
+    whole = train(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "whole"), train_layers=train_layers,
+                           checkpoint_every=2, max_steps=6))
+    cfg = tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "broken"), train_layers=train_layers,
+                   checkpoint_every=2, max_steps=6, crash_after_step=3)
+    with pytest.raises(RuntimeError, match="injected crash after step 3"):
+        train(cfg)
+    ckpt = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 2 and not (tmp_path / "broken" / "adapter_config.json").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "broken"), train_layers=train_layers))
+    cfg.crash_after_step, cfg.resume = None, True
+    resumed = train(cfg)
+    a, b = lora_weights(whole), lora_weights(resumed)
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    hist = json.loads((resumed / "bellm_adapter.json").read_text())["training"]
+    assert hist["final_loss"] == json.loads((whole / "bellm_adapter.json").read_text())["training"]["final_loss"]
+
+
+def test_resume_refuses_other_settings(tmp_path, tiny_llama):
+    cfg = tiny_cfg(tmp_path, tiny_llama, checkpoint_every=1, crash_after_step=1)
+    with pytest.raises(RuntimeError):
+        train(cfg)
+    with pytest.raises(ConfigError, match="lr"):
+        train(tiny_cfg(tmp_path, tiny_llama, resume=True, lr=1e-3))
+
+
+def test_lower_layers_are_frozen_and_not_lora(tmp_path, tiny_llama):
+    model, _, start = build_model(tiny_cfg(tmp_path, tiny_llama, train_layers=2), torch.device("cpu"), torch.float32)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {int(n.split("layers.")[1].split(".")[0]) for n in trainable} == {2, 3}
+
+
+def test_read_training_data_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "a"}\n')
+    with pytest.raises(CorpusError, match="bad.jsonl:2"):
+        read_training_data(bad)
+    bad.write_text('{"anchor": "a", "positive": "b"}\n{"text1": "a", "text2": "b", "score": 1}\n')
+    with pytest.raises(CorpusError, match=":2: a scored row"):
+        read_training_data(bad)
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text('{"anchor": "a", "positive": "b", "negative": "c"}\n{"anchor": "a", "positive": "d"}\n')
+    d = read_training_data(ok)
+    assert d.texts == ["a", "b", "c", "d"] and d.negative.tolist() == [2, -1] and d.gold is None
+
+
+def test_negative_mask_by_hand():
+    a, p, n = np.array([0, 0, 5]), np.array([1, 2, 6]), np.array([3, -1, 1])
+    m = negative_mask(a, p, n).numpy()
+    assert m[:, :3].tolist() == [[True, False, True], [False, True, True], [True, True, True]]
+    # negatives: column 1 missing; row 0's positive (text 1) is row 2's negative -> masked for row 0
+    assert m[:, 3:].tolist() == [[True, False, False], [True, False, True], [True, False, True]]
+
+
+def test_micro_batches_are_deterministic_epochs():
+    first = np.concatenate([micro_batch(10, 3, 7, m) for m in range(3)])
+    assert len(set(first.tolist())) == 9  # one epoch: 3 batches, no repeats, the tail dropped
+    assert np.array_equal(micro_batch(10, 3, 7, 4), micro_batch(10, 3, 7, 4))
+    assert not np.array_equal(micro_batch(10, 3, 7, 0), micro_batch(10, 3, 7, 3))
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ConfigError, match="train_layers"):
+        TrainConfig(data="x", output="y", bidirectional_layers=4, train_layers=2)
+    with pytest.raises(ConfigError, match="batch-size"):
+        TrainConfig(data="x", output="y", batch_size=1)
+
+
+def cli_app() -> typer.Typer:
+    from bellm_search.train_cli import eval_sts_command, train_command
+
+    app = typer.Typer()
+    eval_app = typer.Typer()
+    app.command("train")(train_command)
+    app.add_typer(eval_app, name="eval")
+    eval_app.command("sts")(eval_sts_command)
+    return app
+
+
+def test_cli_train_and_eval_sts(tmp_path, tiny_llama, monkeypatch):
+    monkeypatch.setenv("BELLM_CACHE", str(tmp_path / "cache"))
+    data, dev = write_triples(tmp_path / "d.jsonl"), write_dev(tmp_path / "dev.jsonl")
+    out = tmp_path / "ad"
+    runner = CliRunner()
+    res = runner.invoke(cli_app(), ["train", "--data", str(data), "--output", str(out), "--model", str(tiny_llama),
+                                    "--bidirectional-layers", "2", "--train-layers", "2", "--max-steps", "3",
+                                    "--batch-size", "6", "--lora-r", "4", "--lora-targets", "q_proj,v_proj",
+                                    "--dtype", "float32", "--dev", str(dev), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["dev_spearman"] is not None
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
+    res = runner.invoke(cli_app(), ["eval", "sts", str(dev), "--model", str(tiny_llama), "--adapter", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["pairs"] == 12 and result["bidirectional_layers"] == 2
+    assert result["spearman"] == pytest.approx(summary["dev_spearman"], abs=0.02)
+
+
+def test_cli_errors_are_bellm_errors(tmp_path, tiny_llama):
+    from bellm_search.errors import BellmError
+
+    res = CliRunner().invoke(cli_app(), ["eval", "sts", str(tmp_path / "missing.tsv"), "--model", str(tiny_llama)])
+    assert res.exit_code != 0 and isinstance(res.exception, BellmError)
+    res = CliRunner().invoke(cli_app(), ["train", "--data", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "o"),
+                                         "--model", str(tiny_llama)])
+    assert isinstance(res.exception, ConfigError)
