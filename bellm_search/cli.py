@@ -365,6 +365,17 @@ def eval_dedup(
         note(f"plot -> {plot}")
 
 
+# ----------------------------------------------------------------------------- training and STS
+def _register_training() -> None:
+    from bellm_search.train_cli import eval_sts_command, train_command
+
+    app.command("train", help="Train a BeLLM LoRA adapter (AnglE loss) on NLI triples or scored pairs.")(train_command)
+    eval_app.command("sts", help="Spearman x100 of cosine vs gold scores (STS-B TSV or JSONL).")(eval_sts_command)
+
+
+_register_training()
+
+
 # ----------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Run the app; known errors become one line on stderr and exit code 1."""
@@ -376,14 +387,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:  # click (vendored by typer) usage errors carry their own exit code
+        code = getattr(exc, "exit_code", None)
+        if isinstance(code, int):
+            if hasattr(exc, "show"):
+                exc.show()
+            sys.exit(code)
+        if type(exc).__name__ == "Abort":
             sys.exit(1)
         raise
