@@ -118,6 +118,7 @@ def eval_sts_command(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Max texts per encoder batch.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto | stsb | jsonl")] = "auto",
     device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
 ) -> None:
     """Spearman x 100 of cosine similarity vs gold scores on an STS file."""
@@ -128,7 +129,7 @@ def eval_sts_command(
     if len(pairs) < 2:
         raise ConfigError(f"{file}: need at least 2 scored pairs")
     given = dict(model=model, adapter=adapter, bidirectional_layers=bidirectional_layers, pooling=pooling,
-                 prompt=prompt, max_length=max_length, batch_size=batch_size, device=device)
+                 prompt=prompt, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype)
     start = time.perf_counter()
     encoder = Encoder(**{k: v for k, v in given.items() if v is not None})
     score = sts_score(pairs, encoder)

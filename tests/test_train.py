@@ -24,6 +24,14 @@ from bellm_search.encoder.train import (
 )
 from bellm_search.errors import ConfigError, CorpusError
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead
+    yield
+    torch.set_num_threads(old)
+
+
 SENTENCES = [
     "the man is playing guitar", "a man plays the guitar", "the woman is riding a horse",
     "a dog is playing", "the cat is good", "the city news today", "the stock market crashed",
@@ -221,7 +229,8 @@ def test_cli_train_and_eval_sts(tmp_path, tiny_llama, monkeypatch):
     assert summary["steps"] == 3 and summary["dev_spearman"] is not None
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
-    res = runner.invoke(cli_app(), ["eval", "sts", str(dev), "--model", str(tiny_llama), "--adapter", str(out), "--json"])
+    res = runner.invoke(cli_app(), ["eval", "sts", str(dev), "--model", str(tiny_llama), "--adapter", str(out),
+                                    "--dtype", "float32", "--json"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["pairs"] == 12 and result["bidirectional_layers"] == 2
