@@ -74,7 +74,7 @@ def build_backbone(config: EncoderConfig, device: torch.device, dtype: torch.dty
     """Base model (+ adapter) with the top layers bidirectional, on ``device``, in eval mode."""
     model = load_base_model(resolve_model(config.model), dtype, config.attn_implementation)
     if config.adapter:
-        from bellm_search.encoder.loading import read_adapter
+        from bellm_search.encoder.adapter import read_adapter
 
         model = apply_adapter(model, read_adapter(config.adapter).path, merge=merge_adapter)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

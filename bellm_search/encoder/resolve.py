@@ -35,7 +35,7 @@ def resolve_config(
     gives the bare embedded model). A bare peft adapter takes its base model from
     adapter_config.json unless ``model`` is given.
     """
-    from bellm_search.encoder.loading import read_adapter
+    from bellm_search.encoder.adapter import read_adapter
 
     if adapter == NO_ADAPTER:
         adapter = None
