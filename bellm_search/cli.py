@@ -287,6 +287,28 @@ def info(collection: CollectionOpt = None, as_json: JsonOpt = False) -> None:
     typer.echo("\n".join(lines))
 
 
+@app.command()
+def check(
+    repair: Annotated[bool, typer.Option("--repair", help="Rebuild the derived index from the stored vectors.")] = False,
+    collection: CollectionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a collection (index checksum and count, id maps); --repair rebuilds the index."""
+    from bellm_search.collection import Collection
+
+    path = collection_path(collection)
+    with Collection.open(path, readonly=not repair) as coll:
+        report = coll.check(repair=repair)
+    for problem in report["problems"]:
+        note(f"problem: {problem}")
+    if report["repaired"]:
+        note("repaired: index rebuilt from the stored vectors" + ("" if report["ok"] else "; problems remain"))
+    note(f"{path}: {'ok' if report['ok'] else 'NOT ok'}")
+    emit(report, as_json)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 # ----------------------------------------------------------------------------- dedup
 @app.command()
 def dedup(

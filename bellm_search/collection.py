@@ -80,6 +80,14 @@ def encoder_identity(config: EncoderConfig) -> dict[str, Any]:
     return ident
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -288,7 +296,8 @@ class Collection:
         deleted = self.store.get_state("n_deleted", 0)
         self._index.save(self.path / INDEX_FILE)
         self.manifest["index"] = {"indexed_upto": upto, "deleted_applied": deleted,
-                                  "factory": self._index.factory}
+                                  "factory": self._index.factory, "ntotal": self._index.ntotal,
+                                  "sha256": file_sha256(self.path / INDEX_FILE)}
         self._write_manifest()
 
     def _write_manifest(self) -> None:
@@ -527,6 +536,56 @@ class Collection:
             "disk_bytes": size,
             "format_version": self.manifest["format_version"],
         }
+
+    # ------------------------------------------------------------------ check / repair
+    def check(self, repair: bool = False) -> dict[str, Any]:
+        """Verify the collection; with ``repair`` rebuild the derived index from LMDB."""
+        problems = self._check_store() + self._check_index()
+        repaired = False
+        if repair and problems:
+            self._check_writable()
+            with writer_lock(self.path):
+                self._index = self._build_index(self.index_config.factory)
+                self.save_index()
+            repaired = True
+            problems_after = self._check_store() + self._check_index()
+        else:
+            problems_after = problems
+        return {"ok": not problems_after, "problems": problems, "repaired": repaired,
+                "remaining": problems_after if repaired else problems}
+
+    def _check_store(self) -> list[str]:
+        problems = []
+        live = 0
+        for int_id, doc in self.store.iter_docs():
+            live += 1
+            if self.store.lookup_key(doc.get("id", "")) != int_id:
+                problems.append(f"document {int_id}: id map does not point back to it")
+            if "dup_of" not in doc and not isinstance(doc.get("text"), str):
+                problems.append(f"document {int_id}: record without text")
+        if live != self.store.count():
+            problems.append(f"document count {self.store.count()} but {live} live records")
+        return problems[:50]
+
+    def _check_index(self) -> list[str]:
+        from bellm_search.index import VectorIndex
+
+        state, file = self.manifest["index"], self.path / INDEX_FILE
+        if not state.get("factory"):
+            return [] if not self.store.num_vectors() else ["no index saved yet (run check --repair)"]
+        if not file.is_file():
+            return [f"{INDEX_FILE} is missing"]
+        if state.get("sha256") and file_sha256(file) != state["sha256"]:
+            return [f"{INDEX_FILE} does not match the checksum in the manifest (corrupt or replaced)"]
+        try:
+            index = VectorIndex.load(file, self.index_config)
+        except CollectionError as exc:
+            return [str(exc)]
+        self._catch_up(index, int(state["indexed_upto"]), int(state.get("deleted_applied", 0)))
+        stored = self.store.num_vectors()
+        if index.ntotal != stored:
+            return [f"index holds {index.ntotal} vectors but {stored} are stored"]
+        return []
 
     # ------------------------------------------------------------------ helpers for dedup
     def vectors(self, ids: np.ndarray) -> np.ndarray:

@@ -192,3 +192,19 @@ def test_query_while_another_process_ingests(tmp_path):
     assert len(seen) >= 2 and seen == sorted(seen)
     with Collection.open(path, readonly=True, encoder=FakeEncoder()) as coll:
         assert coll.query("synthetic post number 3", k=1)[0].id == "doc-3"
+
+
+def test_check_detects_corrupt_index_and_repair_fixes_it(tmp_path):
+    coll, _ = make(tmp_path)
+    assert coll.check()["ok"]
+    coll.close()
+    index_file = tmp_path / "c" / "index.faiss"
+    index_file.write_bytes(index_file.read_bytes()[:100])  # truncated
+    coll = Collection.open(tmp_path / "c", encoder=FakeEncoder())
+    report = coll.check()
+    assert not report["ok"] and "checksum" in report["problems"][0]
+    fixed = coll.check(repair=True)
+    assert fixed["repaired"] and fixed["ok"]
+    coll.close()
+    again = Collection.open(tmp_path / "c", encoder=FakeEncoder())
+    assert again.check()["ok"] and again.query("post d 3", k=1)[0].id == "d3"
