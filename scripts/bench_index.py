@@ -4,13 +4,16 @@ re-rank from fp16 stored vectors, as a collection does), on synthetic and real v
     python scripts/bench_index.py [--synthetic N] [--real PATH.npy] [--nq 1000]
                                   [--out-png docs/recall_qps.png] [--out-json runs/bench_index.json]
 
-Synthetic data (why not trivially easy): a mixture of 10k clusters whose centres are drawn
-from an anisotropic Gaussian (effective dimension ~30, so neighbouring clusters overlap and
-IVF cells cut through them); each point adds a cluster-specific 16-dimensional local
-variation (16 atoms out of a shared 1024-atom dictionary) and isotropic noise, then is
-L2-normalised. Queries are held-out points drawn from the same mixture (a separate random
-stream), never perturbed copies of base points: a perturbed copy has its source as an
-obvious nearest neighbour, which makes recall trivially high.
+Synthetic data (why not trivially easy): a mixture of N/10 clusters (~10 vectors each, the
+density of paraphrase groups) whose centres are drawn from an anisotropic Gaussian (effective
+dimension ~30, so neighbouring clusters overlap and IVF cells cut through them); each point
+adds a cluster-specific 16-dimensional local variation (16 atoms of a shared 1024-atom
+dictionary) and isotropic noise, then is L2-normalised. At 1M the true top-10 has mean cosine
+0.80 (1st) .. 0.56 (10th), and the query's nearest IVF4096 cell holds only ~58% of its true
+top-10 (93% within 16 cells). With 10k clusters of ~100 points instead, one cell already holds
+96% and every index looks good. Queries are held-out points drawn from the same mixture (a
+separate random stream), never perturbed copies of base points: a perturbed copy has its
+source as an obvious nearest neighbour, which makes recall trivially high.
 
 Figures: recall@k against exact Flat top-k, queries/s (best of --reps, whole query batch at
 once, --threads faiss/BLAS threads), speed-up vs Flat, bytes/vector, training and add time.
@@ -92,14 +95,17 @@ def recall(I: np.ndarray, gt: np.ndarray, k: int) -> float:
     return hits / (k * len(gt))
 
 
-def bench_flat(xb: np.ndarray, xq: np.ndarray, k: int, reps: int) -> tuple[np.ndarray, dict]:
+def flat_index(xb: np.ndarray):
     import faiss
     flat = faiss.IndexFlatIP(xb.shape[1])
     flat.add(xb)
+    return flat
+
+
+def bench_flat(flat, xq: np.ndarray, k: int, reps: int) -> tuple[np.ndarray, dict]:
     (_, gt), t = best_time(lambda: flat.search(xq, k), reps)
-    del flat
     return gt, {"method": "Flat", "nprobe": None, "rerank": None, "recall": 1.0,
-                "qps": len(xq) / t, "bytes_per_vector": 4 * xb.shape[1]}
+                "qps": len(xq) / t, "bytes_per_vector": 4 * flat.d, "load": os.getloadavg()[0]}
 
 
 def build_ivfpq(xb: np.ndarray, cfg: IndexConfig, factory: str, per_list: int) -> tuple[VectorIndex, dict]:
@@ -139,8 +145,9 @@ def sweep(vi: VectorIndex, xq: np.ndarray, gt: np.ndarray, store16: np.ndarray, 
 def bench_dataset(name: str, xb: np.ndarray, xq: np.ndarray, args) -> dict:
     n, d = xb.shape
     print(f"\n== {name}: {n:,} x {d} base, {len(xq):,} queries ==", flush=True)
-    gt, flat_row = bench_flat(xb, xq, args.k, args.reps)
-    print(f"Flat: {flat_row['qps']:.1f} q/s", flush=True)
+    flat = flat_index(xb)
+    gt, flat_row = bench_flat(flat, xq, args.k, args.reps)
+    print(f"Flat: {flat_row['qps']:.1f} q/s (load average {flat_row['load']:.1f})", flush=True)
     cfg = IndexConfig(flat_max=0, seed=args.seed, nlist=args.nlist, m=args.m, opq=args.opq)
     factory = args.factory or choose_factory(n, d, cfg)
     print(f"building {factory} (auto for this n: {choose_factory(n, d, IndexConfig())})", flush=True)
@@ -148,10 +155,17 @@ def bench_dataset(name: str, xb: np.ndarray, xq: np.ndarray, args) -> dict:
     print(f"train {build['train_s']:.1f} s on {build['train_vectors']:,} vectors, "
           f"add {build['add_s']:.1f} s", flush=True)
     store16 = xb.astype(np.float16)
-    rows = [flat_row] + sweep(vi, xq, gt, store16, args.k, args.nprobe, args.rerank, args.reps)
+    load = os.getloadavg()[0]
+    rows = sweep(vi, xq, gt, store16, args.k, args.nprobe, args.rerank, args.reps)
+    _, flat_again = bench_flat(flat, xq, args.k, args.reps)   # shared machine: time Flat twice,
+    del flat                                                    # keep its best (conservative)
+    print(f"Flat again: {flat_again['qps']:.1f} q/s (load average {flat_again['load']:.1f})")
+    flat_row["qps"] = max(flat_row["qps"], flat_again["qps"])
+    rows = [flat_row] + rows
     for r in rows:
         r["speedup"] = r["qps"] / flat_row["qps"]
         r["code_ratio"] = r["bytes_per_vector"] / (4 * d)
+    build["sweep_load"] = [load, os.getloadavg()[0]]
     return {"name": name, "n": n, "d": d, "nq": len(xq), "k": args.k, "factory": factory,
             "index": vi.describe(), **build, "rows": rows}
 
@@ -160,7 +174,9 @@ def bench_dataset(name: str, xb: np.ndarray, xq: np.ndarray, args) -> dict:
 
 def print_table(res: dict) -> None:
     print(f"\n{res['name']}: {res['factory']}, n={res['n']:,}, d={res['d']}, nq={res['nq']}, "
-          f"train {res['train_s']:.1f} s ({res['train_vectors']:,} vectors), add {res['add_s']:.1f} s")
+          f"train {res['train_s']:.1f} s ({res['train_vectors']:,} vectors), add {res['add_s']:.1f} s\n"
+          f"load average around the sweep {res['sweep_load'][0]:.1f} -> {res['sweep_load'][1]:.1f} "
+          f"(2 cores, shared; Flat timed before and after, best kept)")
     print(f"{'method':<15}{'nprobe':>7}{'rerank':>7}{'recall@' + str(res['k']):>11}"
           f"{'q/s':>10}{'speed-up':>10}{'B/vec':>7}{'code/f32':>10}")
     for r in res["rows"]:
@@ -230,7 +246,7 @@ def parse_args(argv=None):
     p.add_argument("--nq", type=int, default=1000)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--d", type=int, default=576, help="synthetic dimension (the embedded model's)")
-    p.add_argument("--clusters", type=int, default=10_000)
+    p.add_argument("--clusters", type=int, help="synthetic clusters (default: N/10)")
     p.add_argument("--nprobe", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
     p.add_argument("--rerank", type=int, nargs="+", default=[10], help="over-fetch factors")
     p.add_argument("--factory", help="explicit factory (default: automatic IVF-PQ choice)")
@@ -261,7 +277,7 @@ def main(argv=None) -> None:
             print(f"real vectors {args.real} not found: skipping the real-data benchmark")
     if args.synthetic > 0:
         t = time.perf_counter()
-        mix = Mixture(args.d, args.clusters, args.seed)
+        mix = Mixture(args.d, args.clusters or max(10, args.synthetic // 10), args.seed)
         xb, xq = mix.sample(args.synthetic, args.seed + 1), mix.sample(args.nq, args.seed + 2)
         print(f"generated synthetic data in {time.perf_counter() - t:.1f} s", flush=True)
         results.append(bench_dataset("synthetic", xb, xq, args))
