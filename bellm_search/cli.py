@@ -398,6 +398,15 @@ def _register_training() -> None:
 _register_training()
 
 
+def _register_serve() -> None:
+    from bellm_search.server import serve_command
+
+    app.command("serve", help="Serve a collection over HTTP (FastAPI on uvicorn) with micro-batched encoding.")(serve_command)
+
+
+_register_serve()
+
+
 # ----------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Run the app; known errors become one line on stderr and exit code 1."""

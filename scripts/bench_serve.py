@@ -1,0 +1,301 @@
+"""HTTP serving throughput of POST /query: micro-batching on vs off, side by side.
+
+    python scripts/bench_serve.py [--requests 64] [--rounds 2] [--clients 1,4,16] [--budget-s 120]
+    python scripts/bench_serve.py --fake [--fixed-ms 40 --per-text-ms 4]
+
+Builds a small collection from the first --docs (100) posts of bellm_search/data/sample_posts.jsonl
+with the REAL default encoder, then starts two servers on loopback (port 0) over copies of it:
+one with --no-batching (one encoder call per request, still on one encoder thread), one with
+micro-batching (--max-batch 64, --max-wait-ms 5 by default). Each client sends POST /query
+{"text": post, "k": 10}, one request at a time, with the posts NOT in the collection as queries.
+Every row (client count x mode) is bounded by --requests and --budget-s, split over --rounds
+rounds that interleave the two servers, the order swapped every round, so background load hits
+both alike. Reported: requests/s, p50 and p99 latency (p99 of < 100 requests is close to the
+max), the mean texts per encoder call, and the encoder's own ceiling: 16 texts sent as 16
+one-text /embed requests vs one 16-text request (no server-side batching can beat that ratio).
+
+--fake replaces the encoder by a cost model, sleep(fixed + per_text * texts) per call with
+hash-seeded vectors: it shows what the batcher does with an encoder whose calls have a fixed
+cost (as on a GPU). Its output is labelled COST MODEL and is not a measurement of the encoder.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+
+from bellm_search.server import ServerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTS = ROOT / "bellm_search" / "data" / "sample_posts.jsonl"
+MAX_REQUESTS = 1000  # per row, whatever is asked
+
+
+# ----------------------------------------------------------------------------- the cost-model encoder
+class CostModelEncoder:
+    """Deterministic vectors; each call sleeps fixed_s + per_text_s * len(texts) (--fake only)."""
+
+    def __init__(self, fixed_s: float = 0.0, per_text_s: float = 0.0, dim: int = 64) -> None:
+        from bellm_search.config import EncoderConfig
+
+        self.config = EncoderConfig(model="bench-cost-model", adapter=None)
+        self.dim, self.fixed_s, self.per_text_s = dim, fixed_s, per_text_s
+
+    def encode(self, texts, **_) -> np.ndarray:
+        time.sleep(self.fixed_s + self.per_text_s * len(texts))
+        rows = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            rows.append(v / np.linalg.norm(v))
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
+
+def serve_fake(path: str, options: str) -> None:
+    """The server process of --fake: bellm_search.server with the cost-model encoder."""
+    import logging
+
+    from bellm_search.server import ServerSettings, run_server
+
+    opts = json.loads(options)
+    encoder = CostModelEncoder(opts.pop("fixed_s"), opts.pop("per_text_s"))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    run_server(Path(path), ServerSettings(**opts), encoder=encoder)
+
+
+# ----------------------------------------------------------------------------- setup
+def read_posts() -> list[dict]:
+    return [json.loads(line) for line in POSTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def build_collection(path: Path, posts: list[dict], fake: bool) -> float:
+    from bellm_search.collection import Collection
+
+    start = time.perf_counter()
+    encoder = CostModelEncoder() if fake else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # model-loading chatter from transformers/peft
+        with Collection.create(path, encoder=encoder) as coll:
+            coll.ingest(posts)
+    return time.perf_counter() - start
+
+
+@contextmanager
+def server(path: Path, batching: bool, fake: tuple[float, float] | None, log_path: Path,
+           max_batch: int, max_wait_ms: float) -> Iterator[str]:
+    """A loopback server process on a free port; yields its URL once /health answers; always stopped."""
+    opts = {"port": 0, "timeout_s": 600.0, "max_queue": 100_000, "batching": batching,
+            "max_batch": max_batch, "max_wait_ms": max_wait_ms}
+    if fake:
+        cmd = [sys.executable, __file__, "--serve-fake", str(path),
+               json.dumps({**opts, "fixed_s": fake[0], "per_text_s": fake[1]})]
+    else:
+        cmd = [sys.executable, "-m", "bellm_search.server", "--collection", str(path), "--port", "0",
+               "--timeout", "600", "--max-queue", "100000", "--max-batch", str(max_batch),
+               "--max-wait-ms", str(max_wait_ms)] + ([] if batching else ["--no-batching"])
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        yield wait_ready(proc, log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_ready(proc: subprocess.Popen, log_path: Path, timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode}; log: {log_path}\n{log_path.read_text()[-3000:]}")
+        found = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", log_path.read_text())
+        if found:
+            try:
+                if httpx.get(found.group(1) + "/health", timeout=5).status_code == 200:
+                    return found.group(1)
+            except httpx.TransportError:
+                pass
+        time.sleep(0.2)
+    sys.exit(f"server not ready within {timeout:.0f}s; log: {log_path}")
+
+
+# ----------------------------------------------------------------------------- load
+@dataclass
+class Row:
+    """One setting (clients, batching), pooled over rounds."""
+
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    calls: int = 0
+    texts: int = 0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / max(self.seconds, 1e-9)
+
+    def ms(self, q: float) -> float:
+        return float(np.percentile(np.asarray(self.latencies) * 1000, q))
+
+
+async def _load(url: str, queries: list[str], clients: int, requests: int, budget_s: float) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    issued = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
+        start = time.perf_counter()
+
+        async def one_client() -> None:
+            nonlocal issued
+            while issued < requests and time.perf_counter() - start < budget_s:
+                text = queries[issued % len(queries)]
+                issued += 1
+                t0 = time.perf_counter()
+                res = await client.post("/query", json={"text": text, "k": 10})
+                res.raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        return latencies, time.perf_counter() - start
+
+
+def encoder_calls(url: str) -> dict:
+    return httpx.get(url + "/info", timeout=60).json()["server"]["encoder_calls"]
+
+
+def measure(row: Row, url: str, queries: list[str], clients: int, requests: int, budget_s: float) -> None:
+    before = encoder_calls(url)
+    latencies, seconds = asyncio.run(_load(url, queries, clients, requests, budget_s))
+    after = encoder_calls(url)
+    row.latencies += latencies
+    row.seconds += seconds
+    row.calls += after["calls"] - before["calls"]
+    row.texts += after["texts"] - before["texts"]
+
+
+def encoder_ceiling(url: str, texts: list[str]) -> tuple[float, float]:
+    """Seconds to embed ``texts`` one request each, then all in one request (one client)."""
+    with httpx.Client(base_url=url, timeout=900) as client:
+        t0 = time.perf_counter()
+        for text in texts:
+            client.post("/embed", json={"text": text}).raise_for_status()
+        t1 = time.perf_counter()
+        client.post("/embed", json={"texts": texts}).raise_for_status()
+        return t1 - t0, time.perf_counter() - t1
+
+
+def warm_up(url: str, queries: list[str]) -> None:
+    for text in queries[:2]:
+        httpx.post(url + "/query", json={"text": text, "k": 10}, timeout=600).raise_for_status()
+
+
+# ----------------------------------------------------------------------------- report
+def describe_encoder(url: str, args: argparse.Namespace) -> str:
+    if args.fake:
+        return f"COST MODEL encoder (not a measurement): sleep({args.fixed_ms:g} ms + {args.per_text_ms:g} ms x texts) per call"
+    enc = httpx.get(url + "/info", timeout=60).json()["encoder"]
+    return (f"REAL default encoder: model={enc['model']} adapter={enc.get('adapter')} pooling={enc['pooling']} "
+            f"bidirectional_layers={enc['bidirectional_layers']} (device auto)")
+
+
+def report(rows: dict[tuple[int, bool], Row], clients: list[int]) -> float:
+    head = (f"{'clients':>7} | {'off: req/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'n':>4} | "
+            f"{'on: req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'n':>4} {'texts/call':>10} | {'speed-up':>8}")
+    print(head)
+    print("-" * len(head))
+    for c in clients:
+        off, on = rows[(c, False)], rows[(c, True)]
+        print(f"{c:>7} | {off.rps:>10.2f} {off.ms(50):>7.0f} {off.ms(99):>7.0f} {len(off.latencies):>4} | "
+              f"{on.rps:>9.2f} {on.ms(50):>7.0f} {on.ms(99):>7.0f} {len(on.latencies):>4} "
+              f"{on.texts / max(on.calls, 1):>10.1f} | {on.rps / off.rps:>7.2f}x")
+    top = max(clients)
+    return rows[(top, True)].rps / rows[(top, False)].rps
+
+
+def run_rounds(urls: dict[bool, str], queries: list[str], clients: list[int], args: argparse.Namespace,
+               requests: int) -> tuple[dict[tuple[int, bool], Row], tuple[float, float]]:
+    """Every round: each client count against both servers (off first in odd rounds, on first in
+    even ones), then the encoder ceiling on the unbatched server."""
+    rows = {(c, b): Row() for c in clients for b in (False, True)}
+    per_round = max(1, requests // args.rounds)
+    one, together = 0.0, 0.0
+    for r in range(args.rounds):
+        for c in clients:
+            for batching in ((False, True) if r % 2 == 0 else (True, False)):
+                measure(rows[(c, batching)], urls[batching], queries, c, per_round, args.budget_s / args.rounds)
+                row = rows[(c, batching)]
+                print(f"#   round {r + 1}: {c:>2} clients, batching {'on ' if batching else 'off'}: "
+                      f"{len(row.latencies)} requests so far, {row.rps:.2f} req/s", file=sys.stderr, flush=True)
+        block = queries[(r * 16) % len(queries):][:16]
+        a, b = encoder_ceiling(urls[False], block)
+        one, together = one + a, together + b
+    return rows, (one, together)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=64, help="requests per row, all rounds together (at most 1000)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (background load hits both modes alike)")
+    ap.add_argument("--budget-s", type=float, default=120.0, help="a row stops issuing requests after this (all rounds)")
+    ap.add_argument("--clients", default="1,4,16", help="concurrent clients, comma-separated")
+    ap.add_argument("--docs", type=int, default=100, help="posts in the collection (the rest are queries)")
+    ap.add_argument("--max-batch", type=int, default=64, help="the batched server's --max-batch")
+    ap.add_argument("--max-wait-ms", type=float, default=None, help="the batched server's --max-wait-ms (default: its default)")
+    ap.add_argument("--fake", action="store_true", help="cost-model encoder instead of the real one (labelled)")
+    ap.add_argument("--fixed-ms", type=float, default=40.0, help="--fake: cost per encoder call")
+    ap.add_argument("--per-text-ms", type=float, default=4.0, help="--fake: cost per text")
+    ap.add_argument("--serve-fake", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_fake:
+        return serve_fake(*args.serve_fake)
+    clients = [int(c) for c in args.clients.split(",")]
+    requests = max(1, min(args.requests, MAX_REQUESTS))
+    posts = read_posts()
+    queries = [p["text"] for p in posts[args.docs:]] or [p["text"] for p in posts]
+    fake = (args.fixed_ms / 1000, args.per_text_ms / 1000) if args.fake else None
+    work = Path(tempfile.mkdtemp(prefix="bellm-bench-serve-"))
+    try:
+        build_s = build_collection(work / "base", posts[:args.docs], args.fake)
+        for name in ("off", "on"):
+            shutil.copytree(work / "base", work / name)
+        wait = ServerSettings().max_wait_ms if args.max_wait_ms is None else args.max_wait_ms
+        with server(work / "off", False, fake, work / "off.log", args.max_batch, wait) as off_url, \
+                server(work / "on", True, fake, work / "on.log", args.max_batch, wait) as on_url:
+            warm_up(off_url, queries)
+            warm_up(on_url, queries)
+            print(f"# {describe_encoder(on_url, args)}", flush=True)
+            print(f"# batched server: --max-batch {args.max_batch} --max-wait-ms {wait:g}; "
+                  f"collection: {args.docs} posts (built in {build_s:.1f}s); POST /query k=10; "
+                  f"{requests} requests per row in {args.rounds} interleaved rounds (or {args.budget_s:g}s); "
+                  f"loopback; cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+            rows, (one, together) = run_rounds({False: off_url, True: on_url}, queries, clients, args, requests)
+        ratio = report(rows, clients)
+        print(f"# encoder ceiling (POST /embed, 1 client): 16 texts as 16 requests {one:.1f}s, as one request "
+              f"{together:.1f}s -> server-side batching can gain at most ~{one / together:.1f}x with this encoder here")
+        print(f"# load average at the end {os.getloadavg()[0]:.1f}")
+        verdict = "MET" if ratio >= 3 else "NOT met"
+        print(f"# batching at {max(clients)} clients: {ratio:.2f}x the unbatched throughput (target >= 3x: {verdict})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
