@@ -90,16 +90,22 @@ def _searcher(coll: Any, nprobe: int | None) -> Any:
     index = coll.index
     if "IVF" in index.factory or index.ntotal <= EXACT_SEARCH_MAX:
         return lambda xq, k: coll.search_vectors(xq, k, nprobe)
-    return _temporary_ivf(coll, nprobe or 16)
+    return _temporary_ivf(coll, nprobe or 8)
+
+
+def dedup_nlist(n: int) -> int:
+    """~sqrt(n) lists (a power of two): cheap k-means, and near duplicates (cosine >= ~0.8) of a
+    vector almost always fall in its few nearest lists."""
+    return max(1, 1 << max(0, round(np.log2(max(n, 1)) / 2)))
 
 
 def _temporary_ivf(coll: Any, nprobe: int) -> Any:
     """IVF-Flat over all stored vectors (a Flat collection is small enough to hold in memory)."""
-    from bellm_search.index import IndexConfig, VectorIndex, choose_nlist, training_sample, training_size
+    from bellm_search.index import IndexConfig, VectorIndex, training_sample, training_size
 
     ids_parts, vec_parts = zip(*coll.store.iter_vectors())
     ids, vecs = np.concatenate(ids_parts), np.concatenate(vec_parts)
-    nlist = choose_nlist(len(ids))
+    nlist = dedup_nlist(len(ids))
     cfg = IndexConfig(nprobe=nprobe, seed=coll.index_config.seed, gpu=coll.index_config.gpu)
     index = VectorIndex.create(vecs.shape[1], f"IVF{nlist},Flat", cfg)
     index.train(vecs[training_sample(len(ids), training_size(nlist, len(ids)), cfg.seed)])

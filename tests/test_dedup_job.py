@@ -116,10 +116,7 @@ def test_temporary_ivf_path_matches_exact(tmp_path, monkeypatch):
     coll = make(tmp_path)
     exact, _, _ = find_clusters(coll, THRESHOLD, k=5)
     monkeypatch.setattr(job, "EXACT_SEARCH_MAX", 0)
-    monkeypatch.setattr(job, "choose_nlist", lambda n: 1, raising=False)
-    import bellm_search.index as index_mod
-
-    monkeypatch.setattr(index_mod, "choose_nlist", lambda n: 1)
+    monkeypatch.setattr(job, "dedup_nlist", lambda n: 1)
     approx, _, _ = find_clusters(coll, THRESHOLD, k=5)
     assert source_clusters(coll, approx) == source_clusters(coll, exact)
 
@@ -134,3 +131,9 @@ def test_streaming_rejects_planted_near_duplicates(tmp_path):
     assert (stats.added, stats.exact_duplicates) == (1, 1)
     found, _, _ = find_clusters(coll, THRESHOLD, k=5)
     assert source_clusters(coll, found) == [["e1", "e2", "e3", "late", "r1"], ["s1", "s2"]]
+
+
+def test_dedup_nlist_is_about_sqrt_n():
+    from bellm_search.dedup_job import dedup_nlist
+
+    assert [dedup_nlist(n) for n in (1, 100, 50_000, 1_000_000)] == [1, 8, 256, 1024]
