@@ -73,24 +73,56 @@ def _main(
 
 
 # ----------------------------------------------------------------------------- embed
+EngineOpt = Annotated[str, typer.Option("--engine", help="local (this process) | ray (Ray Data actor pool)")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster: auto | ray://HOST:PORT (default: a local Ray).")]
+NumEncodersOpt = Annotated[int, typer.Option("--num-encoders", help="Ray encoder actors.", min=1)]
+GpusOpt = Annotated[float, typer.Option("--gpus-per-encoder", help="GPUs per Ray encoder actor.", min=0)]
+
+
 @app.command()
 def embed(
-    input: Annotated[str, typer.Argument(help="Corpus: .jsonl, .txt (one text per line) or - for stdin.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the float32 .npy (n, dim).")],
+    input: Annotated[list[str], typer.Argument(help="Corpus: .jsonl, .txt (one text per line) or - for stdin (ray: several files or globs).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the float32 .npy (n, dim).")] = None,
     text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = "id",
     skip_invalid: SkipInvalidOpt = False,
+    engine: EngineOpt = "local",
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="ray: shards folder (emb/*.npy + meta/*.parquet).")] = None,
+    address: AddressOpt = None, num_encoders: NumEncodersOpt = 1, gpus_per_encoder: GpusOpt = 0.0,
     model: ModelOpt = None, adapter: AdapterOpt = None, bidirectional_layers: BidirOpt = None,
     pooling: PoolingOpt = None, prompt: PromptOpt = None, max_length: MaxLenOpt = None,
     batch_size: BatchOpt = None, device: DeviceOpt = None, dtype: DTypeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Embed every text of INPUT into OUTPUT.npy, one row per valid line, in input order."""
+    """Embed every text of INPUT into OUTPUT.npy (one row per valid line, in input order), or into
+    embedding shards with --engine ray."""
+    from bellm_search.errors import ConfigError
+
+    opts = encoder_options(model, adapter, bidirectional_layers, pooling, prompt, max_length, None, device, dtype)
+    if engine == "ray":
+        if output_dir is None:
+            raise ConfigError("--engine ray writes shards: give --output-dir DIR")
+        from bellm_search.distributed import embed_with_ray
+
+        summary = embed_with_ray(list(input), output_dir, opts, address=address, num_encoders=num_encoders,
+                                 gpus_per_encoder=gpus_per_encoder, text_field=text_field, id_field=id_field,
+                                 batch_size=batch_size or 256, skip_invalid=skip_invalid)
+        note(f"embedded {summary['rows']} texts -> {output_dir} ({summary['shards']} shards, {summary['seconds']:.1f}s)")
+        emit(summary, as_json)
+        return
+    if engine != "local":
+        raise ConfigError(f"--engine {engine!r}: use local or ray")
+    if output is None or len(input) != 1:
+        raise ConfigError("the local engine embeds one INPUT into --output FILE.npy")
+    _embed_local(input[0], output, text_field, skip_invalid, {**opts, **({"batch_size": batch_size} if batch_size else {})}, as_json)
+
+
+def _embed_local(input: str, output: Path, text_field: str, skip_invalid: bool, opts: dict[str, Any], as_json: bool) -> None:
     from bellm_search.corpus import CorpusOptions, ReadStats, read_texts
     from bellm_search.embedding import encode_to_npy
 
     stats = ReadStats()
     texts = read_texts(input, CorpusOptions(text_field=text_field, skip_invalid=skip_invalid), stats)
-    opts = encoder_options(model, adapter, bidirectional_layers, pooling, prompt, max_length, batch_size, device, dtype)
     start = time.perf_counter()
     shape, truncated = encode_to_npy(texts, output, opts)
     seconds = time.perf_counter() - start
@@ -150,7 +182,7 @@ def _progress_bar(desc: str, unit: str = "doc") -> Any:
 
 @app.command()
 def ingest(
-    corpora: Annotated[list[str], typer.Argument(help="Corpus files: .jsonl, .txt or - for stdin (several allowed).")],
+    corpora: Annotated[Optional[list[str]], typer.Argument(help="Corpus files: .jsonl, .txt or - for stdin (several allowed).")] = None,
     collection: CollectionOpt = None,
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = "id",
@@ -159,6 +191,9 @@ def ingest(
         "--skip-near-duplicates", help="Record a new document as a duplicate when its cosine to a stored one is >= this.")] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="Social-media normalisation for exact duplicates (new collections).")] = False,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Documents per durable commit.")] = 2048,
+    from_embeddings: Annotated[Optional[Path], typer.Option("--from-embeddings", help="Build from embedding shards (emb/ + meta/) made anywhere; no encoding.")] = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None, num_encoders: NumEncodersOpt = 1, gpus_per_encoder: GpusOpt = 0.0,
     model: ModelOpt = None, adapter: AdapterOpt = None, bidirectional_layers: BidirOpt = None,
     pooling: PoolingOpt = None, prompt: PromptOpt = None, max_length: MaxLenOpt = None,
     batch_size: BatchOpt = None, device: DeviceOpt = None, dtype: DTypeOpt = None,
@@ -170,10 +205,19 @@ def ingest(
 
     path = collection_path(collection)
     opts = encoder_options(model, adapter, bidirectional_layers, pooling, prompt, max_length, batch_size, device, dtype)
+    if from_embeddings is not None or engine == "ray":
+        _ingest_distributed(path, corpora, from_embeddings, engine, opts, text_field, id_field, skip_invalid,
+                            chunk_size, normalize, skip_near_duplicates, address, num_encoders, gpus_per_encoder,
+                            not no_wait, as_json)
+        return
     if (path / MANIFEST).is_file():
         coll = Collection.open(path, **opts)
     else:
         coll = Collection.create(path, normalize_social=normalize, **opts)
+    if not corpora:
+        from bellm_search.errors import ConfigError
+
+        raise ConfigError("give at least one CORPUS file (or --from-embeddings DIR)")
     options = CorpusOptions(text_field=text_field, id_field=id_field, skip_invalid=skip_invalid,
                             prefix_ids=len(corpora) > 1)
     read = ReadStats()
@@ -190,6 +234,27 @@ def ingest(
          f"{stats.exact_duplicates}, near duplicates {stats.near_duplicates}, invalid lines {stats.invalid} "
          f"in {stats.seconds:.1f}s ({rate:.0f} docs/s); {total} documents")
     emit({**stats.to_dict(), "collection": str(path), "documents": total}, as_json)
+
+
+def _ingest_distributed(path, corpora, from_embeddings, engine, opts, text_field, id_field, skip_invalid,
+                        chunk_size, normalize, near, address, num_encoders, gpus, wait, as_json) -> None:
+    from bellm_search import distributed
+    from bellm_search.errors import ConfigError
+
+    if from_embeddings is not None:
+        if corpora:
+            raise ConfigError("--from-embeddings takes its documents from the shards: give no CORPUS")
+        stats = distributed.ingest_from_embeddings(path, from_embeddings, encoder_options=opts or None,
+                                                   chunk_size=chunk_size, normalize_social=normalize,
+                                                   skip_near_duplicates=near, wait=wait)
+    else:
+        _, stats = distributed.ingest_with_ray(path, list(corpora), encoder_options=opts, address=address,
+                                               num_encoders=num_encoders, gpus_per_encoder=gpus, text_field=text_field,
+                                               id_field=id_field, skip_invalid=skip_invalid, chunk_size=chunk_size,
+                                               normalize_social=normalize, skip_near_duplicates=near, wait=wait)
+    note(f"{path}: added {stats.added}, skipped (known id) {stats.skipped_known}, exact duplicates "
+         f"{stats.exact_duplicates}, near duplicates {stats.near_duplicates} in {stats.seconds:.1f}s")
+    emit({**stats.to_dict(), "collection": str(path)}, as_json)
 
 
 def _read_queries(file: Path) -> list[str]:
@@ -347,6 +412,7 @@ def dedup(
         if corpus:
             ingest(corpora=[corpus], collection=target, text_field=text_field, id_field=id_field,
                    skip_invalid=skip_invalid, skip_near_duplicates=None, normalize=normalize, chunk_size=2048,
+                   from_embeddings=None, engine="local", address=None, num_encoders=1, gpus_per_encoder=0.0,
                    **opts, prompt=None, max_length=None, no_wait=False, as_json=False)
         with open_collection(target, **({"device": device} if device else {})) as coll:
             result = run_dedup(coll, threshold, k, keep, nprobe, output, emit_)  # type: ignore[arg-type]
