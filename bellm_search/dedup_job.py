@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 Emit = Literal["clusters", "keep", "remove", "pairs"]
 EXACT_SEARCH_MAX = 20_000  # below this many vectors a brute-force k-NN is fastest
+MEMORY_BUDGET = 4 << 30    # float32 copy of all vectors allowed for an in-memory IVF-Flat
 DEFAULT_THRESHOLD = 0.95   # replaced by the calibrated value, see bellm_search/calibration.json
 
 
@@ -86,11 +87,17 @@ def knn_pairs(coll: Any, threshold: float, k: int, nprobe: int | None = None,
 
 
 def _searcher(coll: Any, nprobe: int | None) -> Any:
-    """A function (xq, k) -> (D, I) with exact scores, chosen for the collection's size."""
+    """A function (xq, k) -> (D, I) with exact scores, chosen for the collection's size:
+    exact search while small; an in-memory IVF-Flat (~sqrt(n) lists, exact scores, no re-rank)
+    while a float32 copy fits MEMORY_BUDGET; beyond that the collection's own IVF-PQ index with
+    exact re-ranking, so memory stays bounded by its codes plus one batch."""
     index = coll.index
-    if "IVF" in index.factory or index.ntotal <= EXACT_SEARCH_MAX:
+    n = coll.store.num_vectors()
+    if index.ntotal <= EXACT_SEARCH_MAX and "IVF" not in index.factory:
         return lambda xq, k: coll.search_vectors(xq, k, nprobe)
-    return _temporary_ivf(coll, nprobe or 8)
+    if n * coll.dim * 4 <= MEMORY_BUDGET:
+        return _temporary_ivf(coll, nprobe or 8)
+    return lambda xq, k: coll.search_vectors(xq, k, nprobe)
 
 
 def dedup_nlist(n: int) -> int:
@@ -100,7 +107,7 @@ def dedup_nlist(n: int) -> int:
 
 
 def _temporary_ivf(coll: Any, nprobe: int) -> Any:
-    """IVF-Flat over all stored vectors (a Flat collection is small enough to hold in memory)."""
+    """IVF-Flat over all stored vectors, held in memory (callers check the budget)."""
     from bellm_search.index import IndexConfig, VectorIndex, training_sample, training_size
 
     ids_parts, vec_parts = zip(*coll.store.iter_vectors())

@@ -98,7 +98,11 @@ def test_deleted_documents_never_appear(tmp_path):
     assert len(live) == 8
 
 
-def test_works_on_ivfpq_collection(tmp_path):
+@pytest.mark.parametrize("budget", [0, 1 << 30])  # 0: the collection's IVF-PQ index; else in-memory IVF-Flat
+def test_works_on_ivfpq_collection(tmp_path, monkeypatch, budget):
+    import bellm_search.dedup_job as job
+
+    monkeypatch.setattr(job, "MEMORY_BUDGET", budget)
     table, records = planted()
     filler = [{"id": f"f{i}", "text": f"filler post {i}"} for i in range(3000)]
     coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True,
