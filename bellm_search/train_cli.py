@@ -39,7 +39,7 @@ def train_command(
     data: Annotated[Path, typer.Option("--data", help="Training JSONL: {anchor, positive[, negative]} or {text1, text2, score} rows.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Adapter folder to write (peft files + bellm_adapter.json).")],
     model: Annotated[Optional[str], typer.Option("--model", help="Base model: local folder or hub id (default: embedded SmolLM2-135M-Instruct).")] = None,
-    bidirectional_layers: Annotated[int, typer.Option("--bidirectional-layers", help="Top layers made bidirectional (0 = causal).", min=0)] = 0,
+    bidirectional_layers: Annotated[int, typer.Option("--bidirectional-layers", help="Top layers made bidirectional (0 = causal).", min=0)] = 4,
     pooling: Annotated[str, typer.Option("--pooling", help="last | mean")] = "last",
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt with {text}; default: the BeLLM prompt for last pooling, {text} for mean.")] = None,
     train_layers: Annotated[Optional[int], typer.Option("--train-layers", help="LoRA on the top N layers and cache the frozen lower layers' states (0 = LoRA on every layer, no cache).", min=0)] = 8,

@@ -46,8 +46,9 @@ def main() -> int:
     ap.add_argument("--train-layers", type=int, default=8)
     ap.add_argument("--seeds", default="42")
     ap.add_argument("--rows", default="", help="comma-separated row names (default: all)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out_dir = ROOT / "runs" / "ablation"
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "results.jsonl"

@@ -28,7 +28,7 @@ def run_scheme(scheme: str, steps: int, batch_size: int) -> dict:
 
     from bellm_search.encoder import train as T
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # the machine is shared: one thread per process wastes least
     kw = dict(data=str(ROOT / "runs" / "nli_triples.jsonl"), output="/tmp/unused", bidirectional_layers=4,
               batch_size=batch_size, max_steps=steps, dev=str(DEV))  # dev: the same cache key as training
     if scheme.startswith("plain"):

@@ -245,3 +245,12 @@ def test_cli_errors_are_bellm_errors(tmp_path, tiny_llama):
     res = CliRunner().invoke(cli_app(), ["train", "--data", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "o"),
                                          "--model", str(tiny_llama)])
     assert isinstance(res.exception, ConfigError)
+
+
+def test_resume_with_fewer_steps_exports_the_checkpoint(tmp_path, tiny_llama):
+    cfg = tiny_cfg(tmp_path, tiny_llama, checkpoint_every=1, crash_after_step=3, max_steps=10)
+    with pytest.raises(RuntimeError):
+        train(cfg)
+    out = train(tiny_cfg(tmp_path, tiny_llama, resume=True, max_steps=3))
+    assert json.loads((out / "bellm_adapter.json").read_text())["training"]["steps"] == 3
+    assert not (out / "checkpoint.pt").exists()

@@ -61,7 +61,7 @@ class TrainConfig:
     data: str
     output: str
     model: str | None = None
-    bidirectional_layers: int = 0
+    bidirectional_layers: int = 4  # the shipped default; k = 0, 2, 4 score alike at 30 steps (docs/training.md)
     pooling: Literal["last", "mean"] = "last"
     prompt: str | None = None
     max_length: int = 128  # training truncation (the adapter keeps the encoder default)
@@ -337,7 +337,7 @@ class StateCache:
 
     @classmethod
     def load(cls, path: Path) -> "StateCache":
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # no private copy
         return cls(data["flat"], data["lengths"])
 
 
@@ -489,17 +489,32 @@ def save_checkpoint(run: Run, opt: Any, sched: Any, step: int, elapsed: float, h
         "trainable": trainable_state(run.model),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": np.random.get_state()},
+                "numpy": _numpy_state_tensors()},
     }
     _atomic_save(state, Path(run.cfg.output) / CHECKPOINT)
 
 
-RESUME_IGNORED = {"resume", "crash_after_step", "show_progress", "checkpoint_every", "device", "cache_root", "dev"}
+def _numpy_state_tensors() -> dict[str, Any]:
+    """numpy's global RNG state as tensors and numbers (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_state(state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["gauss"]))
+
+
+# settings a resumed run may change; a new --max-steps/--epochs re-plans the rest of the decay
+# (a --max-steps at or below the checkpoint's step just writes the adapter from the checkpoint)
+RESUME_IGNORED = {"resume", "crash_after_step", "show_progress", "checkpoint_every", "device", "cache_root",
+                  "dev", "max_steps", "epochs"}
 
 
 def load_checkpoint(run: Run, opt: Any, sched: Any) -> tuple[int, float, list]:
     path = Path(run.cfg.output) / CHECKPOINT
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     saved, now = state["config"], dataclasses.asdict(run.cfg)
     diff = sorted(k for k in now if k not in RESUME_IGNORED and saved.get(k) != now[k])
     if diff:
@@ -513,7 +528,7 @@ def load_checkpoint(run: Run, opt: Any, sched: Any) -> tuple[int, float, list]:
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
+    _set_numpy_state(state["rng"]["numpy"])
     log.info("resumed from %s at step %d", path, state["step"])
     return state["step"], state["elapsed"], state["history"]
 
@@ -536,14 +551,14 @@ def train(cfg: TrainConfig) -> Path:
     step, elapsed, history = 0, 0.0, []
     if cfg.resume and (out / CHECKPOINT).is_file():
         step, elapsed, history = load_checkpoint(run, opt, sched)
-    elapsed = train_loop(run, opt, sched, step, steps, elapsed, history)
+    elapsed, step = train_loop(run, opt, sched, step, steps, elapsed, history)
     dev = run.dev_score()
-    save_adapter(run, steps, elapsed, prep_s, dev, history)
+    save_adapter(run, step, elapsed, prep_s, dev, history)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return out
 
 
-def train_loop(run: Run, opt: Any, sched: Any, step: int, steps: int, elapsed: float, history: list) -> float:
+def train_loop(run: Run, opt: Any, sched: Any, step: int, steps: int, elapsed: float, history: list) -> tuple[float, int]:
     from tqdm.auto import tqdm
 
     cfg = run.cfg
@@ -563,7 +578,7 @@ def train_loop(run: Run, opt: Any, sched: Any, step: int, steps: int, elapsed: f
         if cfg.crash_after_step is not None and step >= cfg.crash_after_step:
             raise RuntimeError(f"injected crash after step {step}")
     bar.close()
-    return elapsed
+    return elapsed, step
 
 
 def one_step(run: Run, opt: Any, sched: Any, step: int) -> float:
@@ -583,11 +598,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _portable_base_name(path: Path, name: str) -> None:
+    """peft records the local folder the base was loaded from; keep the portable name instead."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = name
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
 def save_adapter(run: Run, steps: int, elapsed: float, prep_s: float, dev: float | None, history: list) -> None:
     cfg, out = run.cfg, Path(run.cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     run.model.save_pretrained(str(out))
     (out / "README.md").unlink(missing_ok=True)  # peft's model-card stub
+    _portable_base_name(out / "adapter_config.json", cfg.model or EMBEDDED_MODEL)
     training = {
         "data": str(cfg.data), "rows": len(run.data), "steps": steps,
         "rows_seen": steps * cfg.batch_size * cfg.grad_accum, "seed": cfg.seed,
