@@ -17,27 +17,19 @@ Ray itself costs, compare one actor with a single process held to one thread
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweeteval"
-
-
-def load_tweets(n: int) -> list[str]:
-    texts: list[str] = []
-    for path in sorted(glob.glob(str(DATA / "*" / "*_text.txt"))):
-        texts += [line.rstrip("\n") for line in open(path, encoding="utf-8") if line.strip()]
-        if len(texts) >= n:
-            break
-    return texts[:n]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_encode import load_tweets  # noqa: E402  (the same 2,000 tweets as the encoder benchmark)
 
 
 def run_local(texts: list[str], threads: int | None) -> tuple[dict, np.ndarray]:
