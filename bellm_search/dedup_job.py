@@ -67,6 +67,12 @@ def default_threshold() -> float:
 def knn_pairs(coll: Any, threshold: float, k: int, nprobe: int | None = None,
               batch: int = 16384) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, score) with i < j, score >= threshold, from k-NN over every live stored vector."""
+    index = coll.index
+    n = coll.store.num_vectors()
+    large = index.ntotal > EXACT_SEARCH_MAX or "IVF" in index.factory
+    if large and n * coll.dim * 4 <= MEMORY_BUDGET:
+        ids, vecs = _all_vectors(coll)
+        return blocked_pairs(ids, vecs, threshold, k, probes=nprobe or 2, seed=coll.index_config.seed)
     search = _searcher(coll, nprobe)
     parts_i, parts_j, parts_s = [], [], []
     for ids, vecs in coll.store.iter_vectors(batch=batch):
@@ -87,37 +93,73 @@ def knn_pairs(coll: Any, threshold: float, k: int, nprobe: int | None = None,
 
 
 def _searcher(coll: Any, nprobe: int | None) -> Any:
-    """A function (xq, k) -> (D, I) with exact scores, chosen for the collection's size:
-    exact search while small; an in-memory IVF-Flat (~sqrt(n) lists, exact scores, no re-rank)
-    while a float32 copy fits MEMORY_BUDGET; beyond that the collection's own IVF-PQ index with
-    exact re-ranking, so memory stays bounded by its codes plus one batch."""
-    index = coll.index
-    n = coll.store.num_vectors()
-    if index.ntotal <= EXACT_SEARCH_MAX and "IVF" not in index.factory:
-        return lambda xq, k: coll.search_vectors(xq, k, nprobe)
-    if n * coll.dim * 4 <= MEMORY_BUDGET:
-        return _temporary_ivf(coll, nprobe or 8)
+    """k-NN with exact scores through the collection's index: exact while small; beyond the
+    memory budget its IVF-PQ index with exact re-ranking (memory: its codes plus one batch).
+    Between the two, knn_pairs uses blocked_pairs on an in-memory float32 copy instead."""
     return lambda xq, k: coll.search_vectors(xq, k, nprobe)
 
 
+def _all_vectors(coll: Any) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(coll.store.iter_vectors())
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def dedup_nlist(n: int) -> int:
-    """~sqrt(n) lists (a power of two): cheap k-means, and near duplicates (cosine >= ~0.8) of a
-    vector almost always fall in its few nearest lists."""
+    """~sqrt(n) blocks (a power of two): cheap k-means, blocks of ~sqrt(n) vectors."""
     return max(1, 1 << max(0, round(np.log2(max(n, 1)) / 2)))
 
 
-def _temporary_ivf(coll: Any, nprobe: int) -> Any:
-    """IVF-Flat over all stored vectors, held in memory (callers check the budget)."""
-    from bellm_search.index import IndexConfig, VectorIndex, training_sample, training_size
+def blocked_pairs(ids: np.ndarray, vecs: np.ndarray, threshold: float, k: int, probes: int = 2,
+                  seed: int = 0, rows: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs >= threshold among vectors that share one of their ``probes`` nearest k-means
+    blocks, at most k per vector and block; exact inner products from dense block products (BLAS).
+    Near duplicates sit next to each other, so they share a nearest block."""
+    from bellm_search.index import kmeans, nearest_centroids, training_sample
 
-    ids_parts, vec_parts = zip(*coll.store.iter_vectors())
-    ids, vecs = np.concatenate(ids_parts), np.concatenate(vec_parts)
-    nlist = dedup_nlist(len(ids))
-    cfg = IndexConfig(nprobe=nprobe, seed=coll.index_config.seed, gpu=coll.index_config.gpu)
-    index = VectorIndex.create(vecs.shape[1], f"IVF{nlist},Flat", cfg)
-    index.train(vecs[training_sample(len(ids), training_size(nlist, len(ids)), cfg.seed)])
-    index.add(vecs, ids)
-    return lambda xq, k: index.search(xq, k, nprobe)
+    n = len(ids)
+    nblocks = dedup_nlist(n)
+    if nblocks > 1:
+        sample = vecs[training_sample(n, min(n, 64 * nblocks), seed)]
+        assign = nearest_centroids(vecs, kmeans(sample, nblocks, seed), min(probes, nblocks))
+    else:
+        assign = np.zeros((n, 1), dtype=np.int64)
+    block_of = assign.ravel()
+    row_of = np.repeat(np.arange(n), assign.shape[1])
+    order = np.argsort(block_of, kind="stable")
+    bounds = np.searchsorted(block_of[order], np.arange(nblocks + 1))
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for b in range(nblocks):
+        members = row_of[order[bounds[b]:bounds[b + 1]]]
+        if len(members) > 1:
+            parts.append(_block_pairs(members, vecs, threshold, k, rows))
+    return _merge_pairs(ids, parts)
+
+
+def _block_pairs(members: np.ndarray, vecs: np.ndarray, threshold: float, k: int, rows: int):
+    """Pairs (row positions) >= threshold inside one block, top-k per row, i < j."""
+    block = vecs[members]
+    out_i, out_j, out_s = [], [], []
+    for s in range(0, len(members), rows):
+        G = block[s:s + rows] @ block.T  # (r, m) exact inner products
+        G[np.arange(G.shape[0]), np.arange(s, s + G.shape[0])] = -np.inf  # no self pairs
+        kk = min(k, G.shape[1] - 1)
+        top = np.argpartition(-G, kk - 1, axis=1)[:, :kk] if kk < G.shape[1] else np.argsort(-G, axis=1)
+        sc = np.take_along_axis(G, top, axis=1)
+        r, c = np.nonzero(sc >= threshold)
+        out_i.append(members[s + r])
+        out_j.append(members[top[r, c]])
+        out_s.append(sc[r, c])
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+
+
+def _merge_pairs(ids: np.ndarray, parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    a, b, sc = (np.concatenate(x) for x in zip(*parts))
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    _, first = np.unique(lo * len(ids) + hi, return_index=True)
+    return ids[lo[first]], ids[hi[first]], sc[first].astype(np.float32)
 
 
 def stored_links(coll: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

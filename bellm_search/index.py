@@ -439,3 +439,20 @@ def _type_name(index: "faiss.Index", ivf, pq) -> str:
         return "IVF-PQ"
     name = type(faiss.downcast_index(ivf)).__name__        # IndexIVFFlat -> IVF-Flat
     return "IVF-" + re.sub(r"^IndexIVF", "", name) if name.startswith("IndexIVF") else name
+
+
+# --------------------------------------------------------------------------- clustering helpers
+def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np.ndarray:
+    """Spherical k-means centroids (k, d) of float32 rows x, seeded."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False)
+    km.train(x)
+    return km.centroids
+
+
+def nearest_centroids(x: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarray:
+    """(n, p) indices of each row's p most similar centroids (inner product)."""
+    flat = faiss.IndexFlatIP(centroids.shape[1])
+    flat.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, I = flat.search(np.ascontiguousarray(x, dtype=np.float32), p)
+    return I

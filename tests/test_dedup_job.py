@@ -114,7 +114,7 @@ def test_works_on_ivfpq_collection(tmp_path, monkeypatch, budget):
     assert source_clusters(coll, found) == [["e1", "e2", "e3", "r1"], ["s1", "s2"]]
 
 
-def test_temporary_ivf_path_matches_exact(tmp_path, monkeypatch):
+def test_blocked_path_matches_exact(tmp_path, monkeypatch):
     import bellm_search.dedup_job as job
 
     coll = make(tmp_path)
@@ -141,3 +141,21 @@ def test_dedup_nlist_is_about_sqrt_n():
     from bellm_search.dedup_job import dedup_nlist
 
     assert [dedup_nlist(n) for n in (1, 100, 50_000, 1_000_000)] == [1, 8, 256, 1024]
+
+
+def test_blocked_pairs_against_brute_force():
+    from bellm_search.dedup_job import blocked_pairs
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    x = centres[rng.integers(0, 40, 3000)] + 0.25 * rng.standard_normal((3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 3  # ids are not positions
+    G = x @ x.T
+    np.fill_diagonal(G, -1)
+    ti, tj = np.nonzero(np.triu(G >= 0.97))
+    truth = set(zip((ids[ti]).tolist(), (ids[tj]).tolist()))
+    pi, pj, ps = blocked_pairs(ids, x, 0.97, k=50, probes=2)
+    got = set(zip(pi.tolist(), pj.tolist()))
+    assert got <= truth and len(got) >= 0.98 * len(truth) > 0
+    assert np.all(ps >= 0.97) and np.all(pi < pj)
