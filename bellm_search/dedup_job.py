@@ -136,19 +136,23 @@ def blocked_pairs(ids: np.ndarray, vecs: np.ndarray, threshold: float, k: int, p
 
 
 def _block_pairs(members: np.ndarray, vecs: np.ndarray, threshold: float, k: int, rows: int):
-    """Pairs (row positions) >= threshold inside one block, top-k per row, i < j."""
+    """Pairs (row positions) >= threshold inside one block, top-k per row, i < j after merging."""
     block = vecs[members]
     out_i, out_j, out_s = [], [], []
     for s in range(0, len(members), rows):
         G = block[s:s + rows] @ block.T  # (r, m) exact inner products
         G[np.arange(G.shape[0]), np.arange(s, s + G.shape[0])] = -np.inf  # no self pairs
-        kk = min(k, G.shape[1] - 1)
-        top = np.argpartition(-G, kk - 1, axis=1)[:, :kk] if kk < G.shape[1] else np.argsort(-G, axis=1)
-        sc = np.take_along_axis(G, top, axis=1)
-        r, c = np.nonzero(sc >= threshold)
+        hits = G >= threshold
+        crowded = np.nonzero(hits.sum(1) > k)[0]  # only these rows need a top-k selection
+        if len(crowded):
+            sub = G[crowded]
+            keep = np.argpartition(-sub, k - 1, axis=1)[:, :k]
+            hits[crowded] = False
+            hits[crowded[:, None], keep] = sub[np.arange(len(crowded))[:, None], keep] >= threshold
+        r, c = np.nonzero(hits)
         out_i.append(members[s + r])
-        out_j.append(members[top[r, c]])
-        out_s.append(sc[r, c])
+        out_j.append(members[c])
+        out_s.append(G[r, c])
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
