@@ -588,9 +588,6 @@ class Collection:
         return []
 
     # ------------------------------------------------------------------ helpers for dedup
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        return self.store.get_vectors(ids)
-
     def search_vectors(self, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self._search_vectors(xq, k, nprobe)
 

@@ -73,10 +73,11 @@ def knn_pairs(coll: Any, threshold: float, k: int, nprobe: int | None = None,
     if large and n * coll.dim * 4 <= MEMORY_BUDGET:
         ids, vecs = _all_vectors(coll)
         return blocked_pairs(ids, vecs, threshold, k, probes=nprobe or 2, seed=coll.index_config.seed)
-    search = _searcher(coll, nprobe)
+    # exact while small; past the memory budget the collection's IVF-PQ index with exact re-rank
+    # (memory: its codes plus one batch)
     parts_i, parts_j, parts_s = [], [], []
     for ids, vecs in coll.store.iter_vectors(batch=batch):
-        D, I = search(vecs, k + 1)  # the document itself is usually its own first neighbour
+        D, I = coll.search_vectors(vecs, k + 1, nprobe)  # the document itself is usually its own first neighbour
         qi = np.repeat(ids, I.shape[1])
         cj, cs = I.ravel(), D.ravel()
         ok = (cj >= 0) & (cj != qi) & (cs >= threshold)
@@ -90,13 +91,6 @@ def knn_pairs(coll: Any, threshold: float, k: int, nprobe: int | None = None,
     pi, pj, ps = np.concatenate(parts_i), np.concatenate(parts_j), np.concatenate(parts_s)
     _, first = np.unique(pi * (int(pj.max()) + 1) + pj, return_index=True) if len(pi) else (None, [])
     return pi[first], pj[first], ps[first].astype(np.float32)
-
-
-def _searcher(coll: Any, nprobe: int | None) -> Any:
-    """k-NN with exact scores through the collection's index: exact while small; beyond the
-    memory budget its IVF-PQ index with exact re-ranking (memory: its codes plus one batch).
-    Between the two, knn_pairs uses blocked_pairs on an in-memory float32 copy instead."""
-    return lambda xq, k: coll.search_vectors(xq, k, nprobe)
 
 
 def _all_vectors(coll: Any) -> tuple[np.ndarray, np.ndarray]:

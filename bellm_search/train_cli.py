@@ -6,7 +6,6 @@ cli.py registers them (``app.command("train")(train_command)``,
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional

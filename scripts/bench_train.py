@@ -37,8 +37,11 @@ def run_scheme(scheme: str, steps: int, batch_size: int) -> dict:
         kw["dtype"] = "float32"
         width = T.TrainConfig(**kw).max_length
         orig = T.pad_batch
-        T.pad_batch = lambda ids, pad_id, side: orig(ids + [[pad_id] * width], pad_id, side)[0][:-1], \
-            orig(ids + [[pad_id] * width], pad_id, side)[1][:-1]
+        def pad_to_max_length(ids, pad_id, side):  # the probe's padding: every batch to max_length
+            input_ids, mask = orig(ids + [[pad_id] * width], pad_id, side)
+            return input_ids[:-1], mask[:-1]
+
+        T.pad_batch = pad_to_max_length
     t0 = time.time()
     run = T.prepare_run(T.TrainConfig(**kw))
     prep = time.time() - t0

@@ -38,7 +38,7 @@ def test_bad_lines_name_file_and_line(tmp_path, line, problem):
         list(read_corpus(path, CorpusOptions()))
     stats = ReadStats()
     assert [r.text for r in read_corpus(path, CorpusOptions(skip_invalid=True), stats)] == ["ok"]
-    assert stats.invalid == 1 and f":2:" in stats.problems[0]
+    assert stats.invalid == 1 and ":2:" in stats.problems[0]
 
 
 def test_txt_keeps_empty_lines_and_several_files_prefix_ids(tmp_path):

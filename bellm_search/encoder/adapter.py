@@ -45,11 +45,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def adapter_settings(config: EncoderConfig) -> dict[str, Any]:
-    """The encoder settings an adapter folder records (for keys a user did not set)."""
-    return read_adapter(config.adapter).settings if config.adapter else {}
-
-
 def write_adapter_json(folder: Path, config: EncoderConfig, extra: dict[str, Any] | None = None) -> None:
     data = {
         "format": ADAPTER_FORMAT,

@@ -12,12 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from bellm_search.config import EMBEDDED_MODEL, EncoderConfig, cache_dir
+from bellm_search.config import EMBEDDED_MODEL, cache_dir
 from bellm_search.encoder.adapter import (  # noqa: F401 - re-exported
     ADAPTER_FORMAT,
     ADAPTER_JSON,
     AdapterInfo,
-    adapter_settings,
     read_adapter,
     write_adapter_json,
 )
