@@ -61,6 +61,7 @@ def train_command(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint every N steps.", min=1)] = 50,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward (less memory, slower).")] = False,
     dev: Annotated[Optional[Path], typer.Option("--dev", help="STS file scored at the end (Spearman x 100, stored in bellm_adapter.json).")] = None,
+    dev_every: Annotated[Optional[int], typer.Option("--dev-every", min=1, help="Also score --dev every N steps; the best adapter so far is kept in OUTPUT/best.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).", min=1)] = None,
@@ -80,7 +81,7 @@ def train_command(
         epochs=epochs, max_steps=max_steps, lr=lr, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum,
         w_contrastive=w_contrastive, w_angle=w_angle, w_cosent=w_cosent, seed=seed, resume=resume,
         checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
-        dev=str(dev) if dev else None, device=device, dtype=dtype,
+        dev=str(dev) if dev else None, dev_every=dev_every, device=device, dtype=dtype,
     )
     start = time.perf_counter()
     folder = train(cfg)

@@ -254,3 +254,21 @@ def test_resume_with_fewer_steps_exports_the_checkpoint(tmp_path, tiny_llama):
     out = train(tiny_cfg(tmp_path, tiny_llama, resume=True, max_steps=3))
     assert json.loads((out / "bellm_adapter.json").read_text())["training"]["steps"] == 3
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_dev_every_keeps_the_best_adapter(tmp_path, tiny_llama):
+    from bellm_search.encoder import Encoder
+    from bellm_search.evaluation import read_sts
+    from bellm_search.train_cli import sts_score
+
+    dev = write_dev(tmp_path / "dev.jsonl")
+    out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), dev_every=2, max_steps=6, lora_dropout=0.0))
+    hist = json.loads((out / "bellm_adapter.json").read_text())["training"]["dev_history"]
+    assert [s for s, _ in hist] == [2, 4, 6]  # steps 2 and 4 during training, 6 at the end
+    best_meta = json.loads((out / "best" / "bellm_adapter.json").read_text())["training"]
+    best_step, best_score = max(hist[:2], key=lambda x: x[1])
+    assert best_meta["steps"] == best_step and best_meta["dev_spearman"] == best_score
+    enc = Encoder(model=str(tiny_llama), adapter=str(out / "best"), device="cpu", dtype="float32")
+    assert sts_score(read_sts(dev), enc) == pytest.approx(best_score, abs=0.02)
+    with pytest.raises(ConfigError, match="--dev-every"):
+        tiny_cfg(tmp_path, tiny_llama, dev_every=2)

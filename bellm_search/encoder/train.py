@@ -84,6 +84,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     gradient_checkpointing: bool = False
     dev: str | None = None  # STS file scored at the end (Spearman x 100), recorded in the JSON
+    dev_every: int | None = None  # also score dev every N steps; the best adapter goes to <output>/best
     device: str = "auto"
     dtype: str = "auto"
     max_batch_tokens: int = 16384
@@ -95,6 +96,8 @@ class TrainConfig:
         self.lora_targets = tuple(self.lora_targets)
         if self.batch_size < 2:
             raise ConfigError("--batch-size must be >= 2 (in-batch negatives need other rows)")
+        if self.dev_every is not None and (self.dev_every < 1 or not self.dev):
+            raise ConfigError("--dev-every needs --dev and must be >= 1")
         if self.grad_accum < 1 or self.lora_r < 1 or self.checkpoint_every < 1:
             raise ConfigError("--grad-accum, --lora-r and --checkpoint-every must be >= 1")
         if self.train_layers is not None and self.train_layers < max(1, self.bidirectional_layers):
@@ -375,6 +378,7 @@ class Run:
     dtype: torch.dtype
     cache: StateCache | None = None
     dev_pairs: list = field(default_factory=list)
+    dev_history: list = field(default_factory=list)  # [step, dev Spearman] of --dev-every
 
     def autocast(self) -> Any:
         if self.dtype in (torch.bfloat16, torch.float16):
@@ -484,7 +488,7 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(run: Run, opt: Any, sched: Any, step: int, elapsed: float, history: list) -> None:
     state = {
-        "step": step, "elapsed": elapsed, "history": history,
+        "step": step, "elapsed": elapsed, "history": history, "dev_history": run.dev_history,
         "config": dataclasses.asdict(run.cfg),
         "trainable": trainable_state(run.model),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -509,7 +513,7 @@ def _set_numpy_state(state: dict[str, Any]) -> None:
 # settings a resumed run may change; a new --max-steps/--epochs re-plans the rest of the decay
 # (a --max-steps at or below the checkpoint's step just writes the adapter from the checkpoint)
 RESUME_IGNORED = {"resume", "crash_after_step", "show_progress", "checkpoint_every", "device", "cache_root",
-                  "dev", "max_steps", "epochs"}
+                  "dev", "dev_every", "max_steps", "epochs"}
 
 
 def load_checkpoint(run: Run, opt: Any, sched: Any) -> tuple[int, float, list]:
@@ -529,6 +533,7 @@ def load_checkpoint(run: Run, opt: Any, sched: Any) -> tuple[int, float, list]:
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
     _set_numpy_state(state["rng"]["numpy"])
+    run.dev_history = [list(x) for x in state.get("dev_history", [])]
     log.info("resumed from %s at step %d", path, state["step"])
     return state["step"], state["elapsed"], state["history"]
 
@@ -553,6 +558,8 @@ def train(cfg: TrainConfig) -> Path:
         step, elapsed, history = load_checkpoint(run, opt, sched)
     elapsed, step = train_loop(run, opt, sched, step, steps, elapsed, history)
     dev = run.dev_score()
+    if dev is not None and cfg.dev_every:
+        run.dev_history.append([step, round(dev, 2)])
     save_adapter(run, step, elapsed, prep_s, dev, history)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return out
@@ -573,12 +580,26 @@ def train_loop(run: Run, opt: Any, sched: Any, step: int, steps: int, elapsed: f
         history.append(round(loss, 5))
         bar.set_postfix(loss=f"{loss:.4f}")
         bar.update(1)
+        if cfg.dev_every and step % cfg.dev_every == 0 and step < steps:
+            periodic_dev(run, step, elapsed, history)
         if step % cfg.checkpoint_every == 0 and step < steps:
             save_checkpoint(run, opt, sched, step, elapsed, history)
         if cfg.crash_after_step is not None and step >= cfg.crash_after_step:
             raise RuntimeError(f"injected crash after step {step}")
     bar.close()
     return elapsed, step
+
+
+def periodic_dev(run: Run, step: int, elapsed: float, history: list) -> float:
+    """Score dev now; keep the best adapter so far under <output>/best (model selection on dev)."""
+    score = run.dev_score()
+    assert score is not None
+    best = max((s for _, s in run.dev_history), default=float("-inf"))
+    run.dev_history.append([step, round(score, 2)])
+    log.info("step %d: dev Spearman %.2f", step, score)
+    if score > best:
+        save_adapter(run, step, elapsed, 0.0, score, history, Path(run.cfg.output) / "best")
+    return score
 
 
 def one_step(run: Run, opt: Any, sched: Any, step: int) -> float:
@@ -605,8 +626,10 @@ def _portable_base_name(path: Path, name: str) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def save_adapter(run: Run, steps: int, elapsed: float, prep_s: float, dev: float | None, history: list) -> None:
-    cfg, out = run.cfg, Path(run.cfg.output)
+def save_adapter(run: Run, steps: int, elapsed: float, prep_s: float, dev: float | None, history: list,
+                 out: Path | None = None) -> None:
+    cfg = run.cfg
+    out = out or Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     run.model.save_pretrained(str(out))
     (out / "README.md").unlink(missing_ok=True)  # peft's model-card stub
@@ -619,6 +642,7 @@ def save_adapter(run: Run, steps: int, elapsed: float, prep_s: float, dev: float
         "seconds_per_step": round(elapsed / max(1, steps), 3), "peak_rss_mb": round(peak_rss_mb()),
         "final_loss": float(np.mean(history[-20:])) if history else None,
         "dev": cfg.dev, "dev_spearman": None if dev is None else round(dev, 2),
+        "dev_history": run.dev_history,
         "config": {k: v for k, v in dataclasses.asdict(cfg).items()
                    if k not in ("resume", "crash_after_step", "show_progress", "cache_root")},
     }
