@@ -11,6 +11,7 @@ stored. On open, vectors the saved index does not yet hold are added from LMDB.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -90,12 +91,33 @@ def file_sha256(path: Path) -> str:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. disk full: no half-written temp file left behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the ``.NAME.tmp-PID`` files a killed writer of ``path`` left behind (PID not running
+    on this machine; never read, only wasted space). Best effort."""
+    for tmp in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or not ours to signal): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        tmp.unlink(missing_ok=True)
 
 
 def parse_where(items: Iterable[str]) -> dict[str, str]:
@@ -164,6 +186,10 @@ class Collection:
         self.index_config = IndexConfig.from_dict(manifest["index_config"])
         self.social = bool(manifest.get("normalize_social", False))
         self.store = Store(path / META_DIR, readonly=readonly, dim=None if readonly else manifest["dim"])
+        stored_dim = self.store.dim
+        if stored_dim not in (None, self.dim):  # a read-only open does not pass dim to the store
+            self.store.close()
+            raise CollectionError(f"{path / MANIFEST}: dim {self.dim}, but the store holds {stored_dim}-d vectors")
         self._encoder: Any = None
         self._index: Any = None
         self._index_may_wait = True  # an index that cannot be trained yet starts as Flat
@@ -198,8 +224,8 @@ class Collection:
             "counts": {},
         }
         path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path / MANIFEST, manifest)
-        coll = cls(path, manifest, readonly=False, encoder_config=config)
+        coll = cls(path, manifest, readonly=False, encoder_config=config)  # the store before the manifest:
+        write_json_atomic(path / MANIFEST, manifest)  # a kill between leaves no half collection
         coll._encoder = instance
         return coll
 
@@ -285,8 +311,7 @@ class Collection:
         return index
 
     def _live_ids(self) -> np.ndarray:
-        parts = [ids for ids, _ in self.store.iter_vectors()]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return self.store.live_ids(with_vectors=True)
 
     def save_index(self) -> None:
         """Write index.faiss (atomic), then record in the manifest what it holds."""
@@ -294,11 +319,30 @@ class Collection:
             return
         upto = self.store.next_id()
         deleted = self.store.get_state("n_deleted", 0)
-        self._index.save(self.path / INDEX_FILE)
+        remove_stale_temps(self.path / INDEX_FILE)
+        remove_stale_temps(self.path / MANIFEST)
+        sha: list[str] = []
+
+        def announce(tmp: Path) -> None:
+            # Before the rename, the manifest on disk (otherwise unchanged) learns the new file's
+            # checksum: a kill between the rename and the manifest below leaves a file it knows,
+            # with the old, lagging state, which open catches up (re-adding vectors is idempotent).
+            sha.append(file_sha256(tmp))
+            on_disk = read_manifest(self.path)
+            on_disk["index"]["next_sha256"] = sha[0]
+            write_json_atomic(self.path / MANIFEST, on_disk)
+
+        self._index.save(self.path / INDEX_FILE, before_replace=announce)
         self.manifest["index"] = {"indexed_upto": upto, "deleted_applied": deleted,
                                   "factory": self._index.factory, "ntotal": self._index.ntotal,
-                                  "sha256": file_sha256(self.path / INDEX_FILE)}
+                                  "sha256": sha[0]}
         self._write_manifest()
+
+    def _index_behind(self) -> bool:
+        """Whether the saved index lacks stored vectors or deletions (a killed write; open caught up)."""
+        state = self.manifest["index"]
+        return (state.get("indexed_upto") != self.store.next_id()
+                or state.get("deleted_applied") != self.store.get_state("n_deleted", 0))
 
     def _write_manifest(self) -> None:
         self.manifest["counts"] = {"documents": self.store.count(), "vectors": self.store.num_vectors()}
@@ -354,14 +398,14 @@ class Collection:
                 if row in dup_of:
                     target, score = dup_of[row]
                     target = target if target >= 0 else first_of_row[-target - 1]
-                    w.add_doc(rec.id, _doc(rec, dup_of=target, score=score), text_hash=h)
+                    w.add_doc(rec.id, _doc(rec, dup_of=target, score=score), text_hash=h, dup_of=(target, score))
                     first_of_row[row] = target
                     stats.near_duplicates += 1
                 else:
                     first_of_row[row] = w.add_doc(rec.id, _doc(rec), text_hash=h, vector=vecs[row])
                     added_ids.append(row)
             for rec, row in followers:  # exact copies of a record first seen in this chunk
-                w.add_doc(rec.id, _doc(rec, dup_of=first_of_row[row], score=1.0))
+                w.add_doc(rec.id, _doc(rec, dup_of=first_of_row[row], score=1.0), dup_of=(first_of_row[row], 1.0))
                 stats.exact_duplicates += 1
         stats.added += len(added_ids)
         if added_ids:  # after the commit: the index only ever holds durable vectors
@@ -396,7 +440,7 @@ class Collection:
                 continue
             first = w.lookup_hash(h)
             if first is not None:
-                w.add_doc(rec.id, _doc(rec, dup_of=first, score=1.0))
+                w.add_doc(rec.id, _doc(rec, dup_of=first, score=1.0), dup_of=(first, 1.0))
                 stats.exact_duplicates += 1
                 continue
             row_of_hash[h] = len(fresh)
@@ -498,6 +542,7 @@ class Collection:
             deleted = len(targets)
             if targets:
                 index.remove(np.asarray(targets, dtype=np.int64))
+            if targets or self._index_behind():  # a re-run also saves what a killed delete did not
                 self.save_index()
         return deleted, unknown
 
@@ -556,15 +601,18 @@ class Collection:
 
     def _check_store(self) -> list[str]:
         problems = []
-        live = 0
+        live = links = 0
         for int_id, doc in self.store.iter_docs():
             live += 1
+            links += "dup_of" in doc
             if self.store.lookup_key(doc.get("id", "")) != int_id:
                 problems.append(f"document {int_id}: id map does not point back to it")
             if "dup_of" not in doc and not isinstance(doc.get("text"), str):
                 problems.append(f"document {int_id}: record without text")
         if live != self.store.count():
             problems.append(f"document count {self.store.count()} but {live} live records")
+        if links != len(self.store.dup_links()[0]):
+            problems.append(f"{links} records are duplicates but the duplicate-link table holds {len(self.store.dup_links()[0])}")
         return problems[:50]
 
     def _check_index(self) -> list[str]:
@@ -572,10 +620,10 @@ class Collection:
 
         state, file = self.manifest["index"], self.path / INDEX_FILE
         if not state.get("factory"):
-            return [] if not self.store.num_vectors() else ["no index saved yet (run check --repair)"]
+            return []  # never saved (a first ingest was killed): every open builds it from the stored vectors
         if not file.is_file():
             return [f"{INDEX_FILE} is missing"]
-        if state.get("sha256") and file_sha256(file) != state["sha256"]:
+        if state.get("sha256") and file_sha256(file) not in (state["sha256"], state.get("next_sha256")):
             return [f"{INDEX_FILE} does not match the checksum in the manifest (corrupt or replaced)"]
         try:
             index = VectorIndex.load(file, self.index_config)
@@ -614,14 +662,59 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise CollectionError(f"{path} is not a collection (no {MANIFEST}); create one with `bellm-search ingest`")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, huge numbers
         raise CollectionError(f"{file} is unreadable ({exc}); run `bellm-search check`") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict):
+        raise CollectionError(f"{file}: expected a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format_version") != FORMAT_VERSION:
         raise CollectionError(f"{file}: unsupported collection format {manifest.get('format_version')!r}")
     for key in ("encoder", "index_config", "dim", "index"):
         if key not in manifest:
             raise CollectionError(f"{file}: missing {key!r}; run `bellm-search check`")
+    _check_manifest_types(file, manifest)
     return manifest
+
+
+_OPT_STR, _OPT_INT = (str, type(None)), (int, type(None))
+_MANIFEST_TYPES: dict[str | None, dict[str, Any]] = {  # section (None = top level) -> field -> type(s)
+    None: {"encoder": dict, "index_config": dict, "index": dict, "dim": int},
+    "encoder": {"model": str, "adapter": _OPT_STR, "adapter_sha256": _OPT_STR, "bidirectional_layers": int,
+                "pooling": str, "prompt": str, "max_length": int, "padding_side": str},
+    "index_config": {"factory": _OPT_STR, "nlist": _OPT_INT, "m": _OPT_INT, "nbits": int, "opq": bool,
+                     "flat_max": int, "nprobe": int, "rerank": int, "gpu": str, "seed": int},
+    "index": {"indexed_upto": int, "deleted_applied": int, "factory": _OPT_STR, "sha256": _OPT_STR,
+              "next_sha256": _OPT_STR},
+}
+_MANIFEST_MAX = {"dim": 1 << 16, "max_length": 1 << 20, "bidirectional_layers": 1 << 12, "nlist": 1 << 22,
+                 "nprobe": 1 << 22, "m": 1 << 12, "rerank": 10_000, "seed": 2**31 - 1}  # beyond: absurd or huge allocations
+_MANIFEST_REQUIRED = {"encoder": ("model", "bidirectional_layers", "pooling", "prompt", "max_length"),
+                      "index": ("indexed_upto",)}
+
+
+def _check_manifest_types(file: Path, manifest: dict[str, Any]) -> None:
+    """Every field the code reads has its type (integers >= 0 and bounded), so a corrupt or hand-edited
+    manifest is a one-line error here rather than a crash later."""
+    from bellm_search.errors import ConfigError
+    from bellm_search.index import IndexConfig
+
+    for section, types in _MANIFEST_TYPES.items():
+        fields = manifest if section is None else manifest[section]
+        where = "" if section is None else f"{section}."
+        for key in _MANIFEST_REQUIRED.get(section or "", ()):
+            if key not in fields:
+                raise CollectionError(f"{file}: missing {where}{key}")
+        for key, kind in types.items():
+            value = fields.get(key)
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            wrong = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+            if key in fields and (wrong or (isinstance(value, int) and not 0 <= value <= _MANIFEST_MAX.get(key, 2**63 - 1))):
+                raise CollectionError(f"{file}: {where}{key} has an invalid value {value!r:.60}")
+    if manifest["dim"] < 1:
+        raise CollectionError(f"{file}: dim must be >= 1, got {manifest['dim']}")
+    try:
+        IndexConfig.from_dict(manifest["index_config"])
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CollectionError(f"{file}: invalid index_config ({exc})") from None
 
 
 def _encoder_record(config: EncoderConfig) -> dict[str, Any]:

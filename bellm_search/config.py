@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class EncoderConfig:
     attn_implementation: Literal["sdpa", "eager"] | None = None
 
     def __post_init__(self) -> None:
+        self.model, self.adapter = (os.fspath(v) if isinstance(v, os.PathLike) else v for v in (self.model, self.adapter))
         self.validate()
 
     @property
@@ -47,6 +49,12 @@ class EncoderConfig:
         return self.prompt if self.prompt is not None else default_prompt(self.pooling)
 
     def validate(self) -> None:
+        for name, kind in (("model", (str, type(None))), ("adapter", (str, type(None))), ("prompt", (str, type(None))),
+                           ("bidirectional_layers", int), ("max_length", int), ("batch_size", int),
+                           ("max_batch_tokens", int), ("device", str), ("dtype", str)):
+            value = getattr(self, name)  # settings also come from JSON files: check the types first
+            if not isinstance(value, numbers.Integral if kind is int else kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"{name} has an invalid value {value!r:.60} ({type(value).__name__})")
         if self.pooling not in ("last", "mean"):
             raise ConfigError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
         if self.bidirectional_layers < 0:

@@ -14,6 +14,7 @@ from bellm_search.errors import CorpusError
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_JSON_DEPTH = 100  # deeper records are refused: recursive code downstream (copies, JSON output) would overflow
 STDIN = "-"
 
 
@@ -102,8 +103,13 @@ class _NoClose:
 
 
 def _lines(fh: BinaryIO) -> Iterator[bytes]:
-    """Lines without their ending; a final line without newline included."""
-    for raw in fh:
+    """Lines without their ending; a final line without newline included. A line over the limit is
+    not read whole (memory stays bounded): its first bytes stand for it and _parse refuses it."""
+    while raw := fh.readline(MAX_LINE_BYTES + 2):  # + 2: room for "\r\n"
+        if not raw.endswith(b"\n") and len(raw) > MAX_LINE_BYTES + 1:
+            while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass  # skip the rest of the over-long line
+            raw = raw + b"\0"  # stays over the limit whatever ending is stripped
         yield raw.rstrip(b"\n").rstrip(b"\r")
 
 
@@ -131,8 +137,14 @@ def _parse_json(line: str, path: str, lineno: int, options: CorpusOptions, defau
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise CorpusError(path, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise CorpusError(path, lineno, f"invalid JSON ({exc})") from None
     except RecursionError:
-        raise CorpusError(path, lineno, "JSON nested too deeply") from None
+        raise CorpusError(path, lineno, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if line.count("[") + line.count("{") > MAX_JSON_DEPTH and json_depth(obj) > MAX_JSON_DEPTH:
+        raise CorpusError(path, lineno, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if "\\u" in line and not utf8_encodable(obj):
+        raise CorpusError(path, lineno, "lone UTF-16 surrogate escape (\\ud800-\\udfff): not valid Unicode text")
     if not isinstance(obj, dict):
         raise CorpusError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
     if options.text_field not in obj:
@@ -151,6 +163,27 @@ def _parse_json(line: str, path: str, lineno: int, options: CorpusOptions, defau
     if not source_id:
         raise CorpusError(path, lineno, f"field {options.id_field!r} is empty")
     return Record(source_id, text, obj, path, lineno)
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0, ``{"a": [1]}`` is 2), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def utf8_encodable(value: Any) -> bool:
+    """False when a string in the value (keys included) holds a lone surrogate (a valid JSON escape
+    like \\ud800, but not text that UTF-8, LMDB records or a tokenizer can take)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def read_texts(path: str, options: CorpusOptions, stats: ReadStats | None = None) -> list[str]:

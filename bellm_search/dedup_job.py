@@ -98,6 +98,9 @@ def _all_vectors(coll: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+KMEANS_ITER = 10  # blocks only need to keep near neighbours together, not to be optimal
+
+
 def dedup_nlist(n: int) -> int:
     """~sqrt(n) blocks (a power of two): cheap k-means, blocks of ~sqrt(n) vectors."""
     return max(1, 1 << max(0, round(np.log2(max(n, 1)) / 2)))
@@ -106,7 +109,8 @@ def dedup_nlist(n: int) -> int:
 def blocked_pairs(ids: np.ndarray, vecs: np.ndarray, threshold: float, k: int, probes: int = 2,
                   seed: int = 0, rows: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs >= threshold among vectors that share one of their ``probes`` nearest k-means
-    blocks, at most k per vector and block; exact inner products from dense block products (BLAS).
+    blocks, at most k per vector and block (its best later rows); exact inner products from dense
+    block products (BLAS).
     Near duplicates sit next to each other, so they share a nearest block."""
     from bellm_search.index import kmeans, nearest_centroids, training_sample
 
@@ -114,7 +118,7 @@ def blocked_pairs(ids: np.ndarray, vecs: np.ndarray, threshold: float, k: int, p
     nblocks = dedup_nlist(n)
     if nblocks > 1:
         sample = vecs[training_sample(n, min(n, 64 * nblocks), seed)]
-        assign = nearest_centroids(vecs, kmeans(sample, nblocks, seed), min(probes, nblocks))
+        assign = nearest_centroids(vecs, kmeans(sample, nblocks, seed, niter=KMEANS_ITER), min(probes, nblocks))
     else:
         assign = np.zeros((n, 1), dtype=np.int64)
     block_of = assign.ravel()
@@ -130,23 +134,28 @@ def blocked_pairs(ids: np.ndarray, vecs: np.ndarray, threshold: float, k: int, p
 
 
 def _block_pairs(members: np.ndarray, vecs: np.ndarray, threshold: float, k: int, rows: int):
-    """Pairs (row positions) >= threshold inside one block, top-k per row, i < j after merging."""
+    """Pairs (row positions) >= threshold inside one block: each row against the rows after it
+    (the upper triangle: half the products), top-k per row; i < j after merging."""
     block = vecs[members]
     out_i, out_j, out_s = [], [], []
-    for s in range(0, len(members), rows):
-        G = block[s:s + rows] @ block.T  # (r, m) exact inner products
-        G[np.arange(G.shape[0]), np.arange(s, s + G.shape[0])] = -np.inf  # no self pairs
+    for s in range(0, len(members) - 1, rows):
+        r = min(rows, len(members) - s)
+        G = block[s:s + r] @ block[s:].T  # (r, m - s) exact inner products, columns from row s on
         hits = G >= threshold
+        ar = np.arange(r)
+        hits[:, :r] &= ar[None, :] > ar[:, None]  # only j > i inside the square part
         crowded = np.nonzero(hits.sum(1) > k)[0]  # only these rows need a top-k selection
         if len(crowded):
-            sub = G[crowded]
+            sub = np.where(hits[crowded], G[crowded], -np.inf)
             keep = np.argpartition(-sub, k - 1, axis=1)[:, :k]
             hits[crowded] = False
             hits[crowded[:, None], keep] = sub[np.arange(len(crowded))[:, None], keep] >= threshold
-        r, c = np.nonzero(hits)
-        out_i.append(members[s + r])
-        out_j.append(members[c])
-        out_s.append(G[r, c])
+        i, j = np.nonzero(hits)
+        out_i.append(members[s + i])
+        out_j.append(members[s + j])
+        out_s.append(G[i, j])
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
@@ -162,17 +171,10 @@ def _merge_pairs(ids: np.ndarray, parts: list) -> tuple[np.ndarray, np.ndarray, 
 
 def stored_links(coll: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All live int ids, plus (i, j, score) links from ingest-time duplicates to their first copy."""
-    live, li, lj, ls = [], [], [], []
-    for int_id, doc in coll.store.iter_docs():
-        live.append(int_id)
-        if "dup_of" in doc:
-            li.append(int(doc["dup_of"]))
-            lj.append(int_id)
-            ls.append(float(doc.get("dup_score") or 1.0))
-    live_ids = np.asarray(live, dtype=np.int64)
-    i, j = np.asarray(li, dtype=np.int64), np.asarray(lj, dtype=np.int64)
+    live_ids = coll.store.live_ids()
+    j, i, score = coll.store.dup_links()
     ok = np.isin(i, live_ids)  # a link to a deleted first copy is dropped
-    return live_ids, i[ok], j[ok], np.asarray(ls, dtype=np.float32)[ok], np.asarray(ls)[ok] >= 1.0
+    return live_ids, i[ok], j[ok], score[ok], score[ok] >= 1.0
 
 
 # ----------------------------------------------------------------------------- clustering
@@ -222,9 +224,13 @@ def run_dedup(coll: Any, threshold: float | None = None, k: int = 10, keep: str 
 
 # ----------------------------------------------------------------------------- output
 def write_output(coll: Any, found: Clusters, live: np.ndarray, removed: np.ndarray, path: Path, emit: Emit) -> None:
-    """JSONL clusters/pairs or one source id per line, written to a temp file then renamed."""
+    """JSONL clusters/pairs or one source id per line, written to a temp file then renamed
+    (so the output is complete or absent); temp files of killed earlier runs are removed."""
+    from bellm_search.collection import remove_stale_temps
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     source = _source_ids(coll)
     with open(tmp, "w", encoding="utf-8") as fh:

@@ -328,7 +328,11 @@ class Service:
         """Encode the records not stored yet (micro-batched), then ingest them with those vectors."""
         from fastapi import HTTPException
 
+        from bellm_search.corpus import MAX_JSON_DEPTH, json_depth
+
         self.check_texts([r["text"] for r in records])
+        if any(json_depth(r) > MAX_JSON_DEPTH for r in records):  # stored, it would break every query returning it
+            raise HTTPException(422, f"a document is nested deeper than {MAX_JSON_DEPTH} levels")
         if not utf8_ok(records):
             raise HTTPException(422, "a document holds a lone UTF-16 surrogate (\\ud800-\\udfff): not valid Unicode text")
         for r in records:
@@ -514,6 +518,20 @@ def _error_handlers(app: Any) -> None:
     @app.exception_handler(BellmError)
     async def known(_request: Any, exc: BellmError) -> Any:
         return JSONResponse({"error": str(exc)}, status_code=400)
+
+    import lmdb
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(RuntimeError)  # FAISS write errors; Overloaded/BatcherClosed have their own
+    @app.exception_handler(lmdb.Error)
+    async def storage(_request: Any, exc: Exception) -> Any:
+        from bellm_search.cli import storage_error
+
+        message = storage_error(exc, "; retry once there is space (ids already stored are skipped)")
+        if message is None:
+            raise exc  # a bug: the catch-all logs it and answers a bare 500
+        log.error("storage error: %s", message)
+        return JSONResponse({"error": f"storage error: {message}"}, status_code=507)
 
     @app.exception_handler(Overloaded)
     @app.exception_handler(BatcherClosed)

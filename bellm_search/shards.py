@@ -129,8 +129,12 @@ def list_shards(root: Path) -> list[tuple[Path, Path]]:
 
 
 def read_vectors(emb: Path) -> np.ndarray:
-    """A shard's vectors, memory-mapped (nothing is read until used)."""
-    return np.load(emb, mmap_mode="r")
+    """A shard's vectors, memory-mapped (nothing is read until used). Never unpickled: a file of
+    Python objects (or no .npy at all) is refused."""
+    try:
+        return np.load(emb, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{emb}: not a float32 vector file ({exc}); re-create the shard") from None
 
 
 class ConcatRows:

@@ -12,6 +12,8 @@ Named DBs (int ids are 8-byte big-endian keys, so cursor order = id order):
     vecs     int id -> fp16 vector bytes (kept after delete, see ``include_deleted``)
     state    str -> JSON (next_id, dim, counters, map_size, checkpoints of other modules)
     tombs    int id -> b"" for deleted documents
+    dupof    int id -> (int64 first copy, float32 score) for records stored with ``dup_of`` (no
+             vector): lets dedup read the duplicate links without decoding every record
 
 One ``Store`` per path per process: LMDB forbids opening one environment twice in a process,
 and an environment must never cross ``fork()`` (open a new ``Store`` in the child). Reads are
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import logging
 import os
 import threading
@@ -36,9 +39,10 @@ from bellm_search.errors import CollectionError
 
 log = logging.getLogger(__name__)
 
-DB_NAMES = ("docs", "keys", "hashes", "dochash", "vecs", "state", "tombs")
+DB_NAMES = ("docs", "keys", "hashes", "dochash", "vecs", "state", "tombs", "dupof")
+DUPOF = struct.Struct("<qf")
 COUNTERS = ("n_docs", "n_vectors", "n_deleted")
-RESERVED_STATE = frozenset(("next_id", "dim", "map_size") + COUNTERS)
+RESERVED_STATE = frozenset(("next_id", "dim", "map_size", "dupof_indexed") + COUNTERS)
 MAX_READERS = 1024
 MAX_KEY = 511  # LMDB's default maximum key size
 GROW_ATTEMPTS = 8
@@ -147,19 +151,39 @@ class Store:
         size = max(int(map_size), data.stat().st_size if data.is_file() else 0)
         try:
             return lmdb.open(str(self.path), readonly=self.readonly, lock=True, subdir=True,
-                             max_dbs=8, max_readers=MAX_READERS, map_size=size)
+                             max_dbs=len(DB_NAMES) + 2, max_readers=MAX_READERS, map_size=size)
         except lmdb.Error as e:
             raise CollectionError(f"cannot open store {self.path}: {e}") from e
 
     def _open_dbs(self) -> dict[str, Any]:
         try:
             if self.readonly:
-                return {n: self._env.open_db(n.encode(), create=False) for n in DB_NAMES}
+                dbs = {n: self._env.open_db(n.encode(), create=False) for n in DB_NAMES if n != "dupof"}
+                try:  # stores written before the dupof DB existed: links are read from the records
+                    dbs["dupof"] = self._env.open_db(b"dupof", create=False)
+                except lmdb.NotFoundError:
+                    pass
+                return dbs
             with self._env.begin(write=True) as txn:
-                return {n: self._env.open_db(n.encode(), txn=txn) for n in DB_NAMES}
+                dbs = {n: self._env.open_db(n.encode(), txn=txn) for n in DB_NAMES}
+                if txn.get(b"dupof_indexed", db=dbs["state"]) is None:
+                    self._backfill_dupof(txn, dbs)
+                return dbs
         except lmdb.Error as e:
             self._env.close()
             raise CollectionError(f"{self.path} is not a bellm-search store ({e})") from e
+
+    @staticmethod
+    def _backfill_dupof(txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+        """One-time migration: index the ``dup_of`` links of records written before the dupof DB
+        (collections write ``dup_of``/``dup_score`` into the record as well)."""
+        with txn.cursor(db=dbs["docs"]) as cur:
+            for k, v in cur:
+                if b'"dup_of"' in v and txn.get(k, db=dbs["tombs"]) is None:
+                    doc = json.loads(v)
+                    if isinstance(doc.get("dup_of"), int):
+                        txn.put(k, DUPOF.pack(int(doc["dup_of"]), float(doc.get("dup_score") or 1.0)), db=dbs["dupof"])
+        txn.put(b"dupof_indexed", b"1", db=dbs["state"])
 
     def _adopt_recorded_map_size(self) -> None:
         recorded = self.get_state("map_size", 0)
@@ -340,6 +364,34 @@ class Store:
             vecs = np.frombuffer(b"".join(vals), dtype="<f2").reshape(len(ids), dim)
             yield np.array(ids, dtype=np.int64), vecs.astype(np.float32)
 
+    def live_ids(self, with_vectors: bool = False) -> np.ndarray:
+        """Int ids of live documents (or of live documents that have a vector), sorted; keys only."""
+        with self._txn() as txn, txn.cursor(db=self._dbs["vecs" if with_vectors else "docs"]) as cur:
+            ids = np.frombuffer(b"".join(cur.iternext(keys=True, values=False)), dtype=">i8").astype(np.int64)
+        gone = self.deleted_ids()
+        return ids[~np.isin(ids, gone)] if len(gone) else ids
+
+    def dup_links(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(duplicate, first copy, score) of every live document stored as a duplicate."""
+        dup, first, score = [], [], []
+        if "dupof" in self._dbs:
+            with self._txn() as txn, txn.cursor(db=self._dbs["dupof"]) as cur:
+                for k, v in cur:
+                    f, sc = DUPOF.unpack(v)
+                    dup.append(key_id(k))
+                    first.append(f)
+                    score.append(sc)
+        else:
+            for int_id, doc in self.iter_docs():
+                if isinstance(doc.get("dup_of"), int):
+                    dup.append(int_id)
+                    first.append(int(doc["dup_of"]))
+                    score.append(float(doc.get("dup_score") or 1.0))
+        d = np.asarray(dup, dtype=np.int64)
+        gone = self.deleted_ids()
+        ok = ~np.isin(d, gone) if len(gone) else np.ones(len(d), dtype=bool)
+        return d[ok], np.asarray(first, dtype=np.int64)[ok], np.asarray(score, dtype=np.float32)[ok]
+
     def iter_docs(self, start: int = 0, batch: int = 4096) -> Iterator[tuple[int, dict]]:
         """(int id, record) of live documents in id order."""
         for ids, vals in self._iter("docs", start, None, batch, False):
@@ -413,8 +465,9 @@ class Writer:
     # ------------------------------------------------------------ operations
 
     def add_doc(self, source_id: str, record: dict, *, text_hash: bytes | None = None,
-                vector: np.ndarray | None = None) -> int:
-        """Store a new document under the next int id and return that id."""
+                vector: np.ndarray | None = None, dup_of: tuple[int, float] | None = None) -> int:
+        """Store a new document under the next int id and return that id. ``dup_of`` = (int id of
+        the first copy, score) records the document as a duplicate (see ``dup_links``)."""
         self._check_open()
         if self.lookup_key(source_id) is not None:
             raise CollectionError(f"source id {source_id!r} is already in the store")
@@ -435,6 +488,8 @@ class Writer:
             self._put("vecs", key, vec)
         if h is not None:
             self._add_hash(h, int_id)
+        if dup_of is not None:
+            self._put("dupof", key, DUPOF.pack(int(dup_of[0]), float(dup_of[1])))
         self._added[int_id] = (vec is not None, h)
         self._delta["n_docs"] += 1
         self._delta["n_vectors"] += vec is not None
@@ -468,6 +523,7 @@ class Writer:
         key = id_key(int_id)
         self._deleted.add(int_id)
         self._put("tombs", key, b"")
+        self._put("dupof", key, None)
         if h is not None and self.lookup_hash(h) == int_id:
             self._hashes[h] = None
             self._put("hashes", h, None)
@@ -520,7 +576,7 @@ class Writer:
                                   "only one process may write a collection at a time")
         for db, key, value in self._ops:
             if value is None:
-                txn.delete(key, db=s._dbs[db])
+                txn.delete(key, db=s._dbs[db])  # False (no error) when absent
             else:
                 txn.put(key, value, db=s._dbs[db])
         state = {k: s._state(txn, k, 0) + d for k, d in self._delta.items() if d}

@@ -89,9 +89,10 @@ def test_training_size_between_30_and_256_per_list_and_at_most_n():
 def test_choose_factory():
     cfg = IndexConfig()
     assert choose_factory(100_000, 576, cfg) == "Flat"
-    assert choose_factory(1_000_000, 576, cfg) == "IVF4096,PQ72"
-    assert choose_factory(1_000_000, 576, IndexConfig(opq=True, nlist=1024, m=48)) == "OPQ48,IVF1024,PQ48"
-    assert choose_factory(1_000_000, 576, IndexConfig(nbits=4)) == "IVF4096,PQ144x4"
+    assert choose_factory(1_000_000, 576, cfg) == "IVF4096,PQ144x4fs"    # 72 B, SIMD fast-scan
+    assert choose_factory(1_000_000, 576, IndexConfig(opq=True, nlist=1024, m=48, nbits=8)) == "OPQ48,IVF1024,PQ48"
+    assert choose_factory(1_000_000, 576, IndexConfig(nbits=8)) == "IVF4096,PQ72"
+    assert choose_factory(1_000_000, 576, IndexConfig(nbits=6)) == "IVF4096,PQ96x6"
     assert choose_factory(10, 576, IndexConfig(factory="HNSW32")) == "HNSW32"
     with pytest.raises(ConfigError, match="divide"):
         choose_factory(1_000_000, 576, IndexConfig(m=50))

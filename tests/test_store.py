@@ -286,3 +286,42 @@ def test_reader_in_another_process_sees_commits(tmp_path):
             requests.put(None)
             proc.join(timeout=30)
     assert proc.exitcode == 0
+
+
+def test_dup_links_and_live_ids(store):
+    fill(store, 4)
+    with store.writer() as w:
+        a = w.add_doc("d1", {"text": "t0 copy", "dup_of": 0, "dup_score": 1.0}, dup_of=(0, 1.0))
+        b = w.add_doc("d2", {"text": "t1 near", "dup_of": 1, "dup_score": 0.93}, dup_of=(1, 0.93))
+    dup, first, score = store.dup_links()
+    assert dup.tolist() == [a, b] and first.tolist() == [0, 1]
+    assert score.tolist() == pytest.approx([1.0, 0.93])
+    assert store.live_ids().tolist() == [0, 1, 2, 3, a, b]
+    assert store.live_ids(with_vectors=True).tolist() == [0, 1, 2, 3]
+    with store.writer() as w:
+        w.delete(a)
+        w.delete(2)
+    assert store.dup_links()[0].tolist() == [b]  # a deleted duplicate drops its link
+    assert store.live_ids().tolist() == [0, 1, 3, b]
+    assert store.live_ids(with_vectors=True).tolist() == [0, 1, 3]
+
+
+def test_stores_without_the_link_table_are_migrated(tmp_path):
+    import lmdb
+
+    path = tmp_path / "meta.lmdb"
+    with Store(path, dim=DIM) as s:
+        fill(s, 3)
+        with s.writer() as w:
+            dup = w.add_doc("d", {"text": "t0!", "dup_of": 0, "dup_score": 0.95}, dup_of=(0, 0.95))
+    env = lmdb.open(str(path), max_dbs=12)  # an older store: no dupof table, no migration flag
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"dupof", txn=txn), delete=True)
+        txn.delete(b"dupof_indexed", db=env.open_db(b"state", txn=txn))
+    env.close()
+    with Store(path, readonly=True) as s:  # read-only: read from the records
+        assert s.dup_links()[0].tolist() == [dup]
+    with Store(path) as s:  # writable: back-filled once
+        assert s.get_state("dupof_indexed") == 1
+        dup_ids, first, score = s.dup_links()
+        assert dup_ids.tolist() == [dup] and first.tolist() == [0] and score.tolist() == pytest.approx([0.95])

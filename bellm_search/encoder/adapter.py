@@ -32,13 +32,15 @@ def read_adapter(path: str | Path) -> AdapterInfo:
         if settings.get("format") != ADAPTER_FORMAT:
             raise ModelError(f"{folder / ADAPTER_JSON}: unsupported format {settings.get('format')!r}")
     base = settings.get("base_model") or _read_json(peft_cfg).get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise ModelError(f"adapter {folder}: the base model must be a name or path, got {base!r:.60}")
     return AdapterInfo(folder, settings, base)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, huge numbers
         raise ModelError(f"{path}: unreadable JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object")
