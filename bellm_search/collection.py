@@ -539,9 +539,15 @@ class Collection:
                         unknown.append(str(sid))
                         continue
                     targets.append(int_id)
+                # a deleted first copy hands its vector to its earliest exact copy (re-added under a
+                # new int id, so a crash before the index save is caught up like any add)
+                promoted = w.promote_duplicates(targets) if targets else []
             deleted = len(targets)
             if targets:
                 index.remove(np.asarray(targets, dtype=np.int64))
+            if promoted:
+                new_ids = np.asarray([new for _, new in promoted], dtype=np.int64)
+                index.add(self.store.get_vectors(new_ids), new_ids)
             if targets or self._index_behind():  # a re-run also saves what a killed delete did not
                 self.save_index()
         return deleted, unknown

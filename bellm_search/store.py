@@ -465,11 +465,14 @@ class Writer:
     # ------------------------------------------------------------ operations
 
     def add_doc(self, source_id: str, record: dict, *, text_hash: bytes | None = None,
-                vector: np.ndarray | None = None, dup_of: tuple[int, float] | None = None) -> int:
+                vector: np.ndarray | None = None, dup_of: tuple[int, float] | None = None,
+                replaces: int | None = None) -> int:
         """Store a new document under the next int id and return that id. ``dup_of`` = (int id of
-        the first copy, score) records the document as a duplicate (see ``dup_links``)."""
+        the first copy, score) records the document as a duplicate (see ``dup_links``).
+        ``replaces``: the int id this source id had, deleted earlier in this batch (re-keying)."""
         self._check_open()
-        if self.lookup_key(source_id) is not None:
+        known = self.lookup_key(source_id)
+        if known is not None and not (known == replaces and replaces in self._deleted):
             raise CollectionError(f"source id {source_id!r} is already in the store")
         if not isinstance(record, dict):
             raise CollectionError(f"record of {source_id!r} must be a dict, got {type(record).__name__}")
@@ -530,6 +533,42 @@ class Writer:
         self._delta["n_deleted"] += 1
         self._delta["n_vectors"] -= has_vec
         return True
+
+    def promote_duplicates(self, firsts: list[int]) -> list[tuple[int, int]]:
+        """The documents ``firsts`` were deleted in this batch: each hands its vector to its
+        earliest live exact duplicate, which is re-added under a new int id (with its own text
+        hash, else the first copy's), and its other duplicates are linked to that id.
+        Returns (old id, new id) of each promoted copy."""
+        self._check_open()
+        s = self._store
+        gone = set(firsts)
+        dups: dict[int, list[tuple[int, float]]] = {}
+        for d, f, sc in zip(*s.dup_links()):
+            if int(f) in gone and int(d) not in self._deleted:
+                dups.setdefault(int(f), []).append((int(d), float(sc)))
+        promoted = []
+        for first, mine in dups.items():
+            exact = [d for d, sc in mine if sc >= 1.0]
+            record = s.get_doc(min(exact)) if exact else None
+            if record is None:
+                continue
+            old = min(exact)
+            with s._txn() as txn:
+                h = txn.get(id_key(old), db=s._dbs["dochash"]) or txn.get(id_key(first), db=s._dbs["dochash"])
+            source_id = record.pop("id")
+            record.pop("dup_of", None)
+            record.pop("dup_score", None)
+            vector = s.get_vectors([first])[0]
+            self.delete(old)
+            new = self.add_doc(source_id, record, text_hash=h, vector=vector, replaces=old)
+            for d, sc in mine:
+                doc = s.get_doc(d) if d != old else None
+                if doc is not None:
+                    doc["dup_of"] = new
+                    self._put("docs", id_key(d), dumps(doc))
+                    self._put("dupof", id_key(d), DUPOF.pack(new, sc))
+            promoted.append((old, new))
+        return promoted
 
     def _doc_info(self, int_id: int) -> tuple[bool, bytes | None] | None:
         """(has vector, text hash) of a live document, pending adds included; None otherwise."""

@@ -84,6 +84,39 @@ def test_delete_never_comes_back(tmp_path):
     assert all(h.id != "d7" for h in reopened.query("post d 7", k=50))
 
 
+@pytest.mark.parametrize("together", [False, True])
+def test_deleting_a_first_copy_promotes_its_earliest_exact_copy(tmp_path, together):
+    from bellm_search.dedup_job import run_dedup
+
+    enc = FakeEncoder()
+    coll = Collection.create(tmp_path / "c", encoder=enc, normalize_social=True)
+    coll.ingest([{"id": "a", "text": "Big sale today!", "shop": "x"},
+                 {"id": "b", "text": "RT @shop: big sale today!", "shop": "y"},
+                 {"id": "c", "text": "big sale TODAY!"},
+                 {"id": "z", "text": "something else"}])
+    xq = enc.encode(["Big sale today!"])
+    calls = enc.calls
+    assert coll.delete(["a", "b"] if together else ["a"]) == ((2, []) if together else (1, []))
+    first = "c" if together else "b"
+    hit = coll.query_vectors(xq, k=1)[0][0]
+    assert hit.id == first and hit.score == pytest.approx(1.0, abs=1e-3)  # still found
+    assert hit.metadata == ({} if together else {"shop": "y"}) and enc.calls == calls  # nothing re-encoded
+    assert coll.index.ntotal == 2 and coll.store.count() == (2 if together else 3)
+    assert coll.check()["problems"] == []
+    if not together:  # the other copy now points at the promoted one (which took a new int id,
+        # so --keep first sees it as the newer of the two)
+        assert coll.store.get_doc(coll.store.lookup_key("c"))["dup_of"] == coll.store.lookup_key("b")
+        res = run_dedup(coll, threshold=0.99, output=tmp_path / "out.jsonl")
+        assert (res.clusters, res.removed) == (1, 1)
+        assert '"keep": "c", "members": ["c", "b"]' in (tmp_path / "out.jsonl").read_text()
+    coll.ingest([{"id": "x", "text": "BIG sale today!"}])  # the text hash moved with the vector
+    assert coll.store.get_doc(coll.store.lookup_key("x"))["dup_of"] == coll.store.lookup_key(first)
+    coll.close()
+    with Collection.open(tmp_path / "c", encoder=FakeEncoder()) as again:  # durable, index consistent
+        assert again.check()["problems"] == [] and again.index.ntotal == 2
+        assert again.query_vectors(xq, k=1)[0][0].id == first
+
+
 def test_reindex_ivfpq_from_stored_vectors_without_encoding(tmp_path):
     coll, enc = make(tmp_path, n=2000)
     calls = enc.calls
