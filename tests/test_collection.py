@@ -227,6 +227,26 @@ def test_query_while_another_process_ingests(tmp_path):
         assert coll.query("synthetic post number 3", k=1)[0].id == "doc-3"
 
 
+def test_one_writer_at_a_time_no_wait_fails_and_wait_waits(tmp_path):
+    path = tmp_path / "c"
+    Collection.create(path, encoder=FakeEncoder()).close()
+    proc = _run_ingest(path, 300, 50, 0.05)
+    try:
+        with Collection.open(path, encoder=FakeEncoder()) as coll:
+            while coll.store.count() == 0 and proc.poll() is None:  # the ingest holds the lock now
+                time.sleep(0.02)
+            with pytest.raises(CollectionError, match="being written by another process"):
+                coll.delete(["doc-0"], wait=False)
+            assert proc.poll() is None  # the writer was still running when we were refused
+            assert coll.delete(["doc-0"]) == (1, [])  # waits for the whole ingest, then deletes
+            assert coll.store.count() == 299
+    finally:
+        proc.wait()
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    with Collection.open(path, readonly=True, encoder=FakeEncoder()) as coll:
+        assert coll.store.count() == 299 and coll.check()["problems"] == []
+
+
 def test_check_detects_corrupt_index_and_repair_fixes_it(tmp_path):
     coll, _ = make(tmp_path)
     assert coll.check()["ok"]
