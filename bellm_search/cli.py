@@ -314,7 +314,7 @@ def delete(
 
 @app.command()
 def reindex(
-    factory: Annotated[Optional[str], typer.Option("--factory", help="FAISS factory string, e.g. 'IVF4096,PQ72' or 'Flat'.")] = None,
+    factory: Annotated[Optional[str], typer.Option("--factory", help="FAISS factory string, e.g. 'IVF4096,PQ144x4fs', 'IVF4096,PQ72' or 'Flat'.")] = None,
     nlist: Annotated[Optional[int], typer.Option("--nlist", min=1)] = None,
     m: Annotated[Optional[int], typer.Option("--m", help="PQ sub-quantizers (must divide the dimension).", min=1)] = None,
     opq: Annotated[Optional[bool], typer.Option("--opq/--no-opq", help="OPQ rotation before PQ.")] = None,

@@ -144,12 +144,17 @@ def _block_pairs(members: np.ndarray, vecs: np.ndarray, threshold: float, k: int
         hits = G >= threshold
         ar = np.arange(r)
         hits[:, :r] &= ar[None, :] > ar[:, None]  # only j > i inside the square part
+        # every later row also keeps its best earlier partner of this chunk, so the top-k cut of a
+        # crowded row never cuts a row off its cluster (what a full, symmetric top-k gave)
+        cols = np.nonzero(hits.any(0))[0]
+        back = np.where(hits[:, cols], G[:, cols], -np.inf).argmax(0) if len(cols) else cols
         crowded = np.nonzero(hits.sum(1) > k)[0]  # only these rows need a top-k selection
         if len(crowded):
             sub = np.where(hits[crowded], G[crowded], -np.inf)
             keep = np.argpartition(-sub, k - 1, axis=1)[:, :k]
             hits[crowded] = False
             hits[crowded[:, None], keep] = sub[np.arange(len(crowded))[:, None], keep] >= threshold
+        hits[back, cols] = True
         i, j = np.nonzero(hits)
         out_i.append(members[s + i])
         out_j.append(members[s + j])
