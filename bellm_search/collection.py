@@ -372,11 +372,16 @@ class Collection:
                     if progress:
                         progress(len(chunk))
                     chunk = []
+                    if self._should_grow():  # switch during the ingest: a Flat never holds more than flat_max
+                        index = None
+                        self._maybe_grow_index()
+                        index = self.index
             if chunk:
                 given = None if vectors is None else vectors[offset:offset + len(chunk)]
                 self._ingest_chunk(chunk, stats, index, skip_near_duplicates, given)
                 if progress:
                     progress(len(chunk))
+            index = None
             self._maybe_grow_index()
             self.save_index()
         stats.seconds = time.perf_counter() - start
@@ -467,18 +472,24 @@ class Collection:
             kept.append(row)
         return out
 
-    def _maybe_grow_index(self) -> None:
-        """Flat -> IVF-PQ once the collection outgrows flat_max (automatic choice only)."""
+    def _should_grow(self) -> bool:
+        """Whether the (Flat) index should become the collection's IVF index now."""
         cfg = self.index_config
         if self._index is None or "IVF" in self._index.factory:
-            return
+            return False
         n = self.store.num_vectors()
-        if cfg.factory and "IVF" in cfg.factory and n >= _nlist_of(cfg.factory) * 30:
-            log.info("collection has %d vectors: training its %s index", n, cfg.factory)
-            self._index = self._build_index(cfg.factory)
-        elif not cfg.factory and n > cfg.flat_max:
-            log.info("collection passed %d vectors: rebuilding the index as IVF-PQ", cfg.flat_max)
-            self._index = self._build_index(None)
+        if cfg.factory and "IVF" in cfg.factory:
+            return n >= _nlist_of(cfg.factory) * 30
+        return not cfg.factory and n > cfg.flat_max
+
+    def _maybe_grow_index(self) -> None:
+        """Flat -> IVF-PQ once the collection outgrows flat_max (or can train its configured IVF).
+        The Flat index is released first: memory holds one index, not both."""
+        if not self._should_grow():
+            return
+        log.info("collection has %d vectors: training its IVF index from the stored vectors", self.store.num_vectors())
+        self._index = None  # the saved index file and the catch-up cover a failure here
+        self._index = self._build_index(self.index_config.factory)
 
     # ------------------------------------------------------------------ search
     def _search_vectors(self, xq: np.ndarray, k: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:

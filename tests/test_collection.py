@@ -143,6 +143,16 @@ def test_automatic_growth_from_flat_to_ivfpq(tmp_path):
     assert info["bytes_per_vector"] < 4 * enc.dim
 
 
+def test_growth_happens_during_a_long_ingest_so_memory_holds_one_bounded_flat(tmp_path, monkeypatch):
+    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(), index_config=IndexConfig(flat_max=1000))
+    built_at = []
+    build = Collection._build_index
+    monkeypatch.setattr(Collection, "_build_index", lambda self, f: built_at.append(self.store.num_vectors()) or build(self, f))
+    coll.ingest(docs(5000), chunk_size=500)
+    assert built_at[-1] == 1500  # the first chunk past flat_max, not the end of the ingest
+    assert "IVF" in coll.index.factory and coll.index.ntotal == 5000 and coll.check()["problems"] == []
+
+
 def test_other_encoder_refused(tmp_path):
     coll, _ = make(tmp_path)
     coll.close()
