@@ -8,6 +8,9 @@ BS=.venv/bin/bellm-search
 CORPUS=bellm_search/data/sample_posts.jsonl
 mkdir -p runs
 echo "== ingest $CORPUS -> indexes/demo" >&2
+# the demo's own collection is rebuilt each run: one built by another version of the encoder
+# (e.g. before an upgrade of the shipped adapter) is refused on open, by design
+rm -rf indexes/demo
 $BS ingest "$CORPUS" --collection demo --normalize
 echo "== info" >&2
 $BS info --collection demo
