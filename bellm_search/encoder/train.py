@@ -61,7 +61,7 @@ class TrainConfig:
     data: str
     output: str
     model: str | None = None
-    bidirectional_layers: int = 4  # the shipped default; k = 0, 2, 4 score alike at 30 steps (docs/training.md)
+    bidirectional_layers: int = 4  # k = 0, 2, 4 score alike at 30 steps; the shipped adapter uses 8, the best k (docs/training.md)
     pooling: Literal["last", "mean"] = "last"
     prompt: str | None = None
     max_length: int = 128  # training truncation (the adapter keeps the encoder default)
