@@ -628,8 +628,9 @@ class Collection:
                 problems.append(f"document {int_id}: record without text")
         if live != self.store.count():
             problems.append(f"document count {self.store.count()} but {live} live records")
-        if links != len(self.store.dup_links()[0]):
-            problems.append(f"{links} records are duplicates but the duplicate-link table holds {len(self.store.dup_links()[0])}")
+        table = len(self.store.dup_links()[0])
+        if links != table:
+            problems.append(f"{links} records are duplicates but the duplicate-link table holds {table}")
         return problems[:50]
 
     def _check_index(self) -> list[str]:

@@ -525,7 +525,7 @@ def _error_handlers(app: Any) -> None:
     @app.exception_handler(RuntimeError)  # FAISS write errors; Overloaded/BatcherClosed have their own
     @app.exception_handler(lmdb.Error)
     async def storage(_request: Any, exc: Exception) -> Any:
-        from bellm_search.cli import storage_error
+        from bellm_search.errors import storage_error
 
         message = storage_error(exc, "; retry once there is space (ids already stored are skipped)")
         if message is None:

@@ -109,10 +109,17 @@ def server(path: Path, batching: bool, fake: tuple[float, float] | None, log_pat
         cmd = [sys.executable, "-m", "bellm_search.server", "--collection", str(path), "--port", "0",
                "--timeout", "600", "--max-queue", "100000", "--max-batch", str(max_batch),
                "--max-wait-ms", str(max_wait_ms)] + ([] if batching else ["--no-batching"])
+    with server_process(cmd, log_path) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(cmd: list[str], log_path: Path) -> Iterator[tuple[str, int]]:
+    """Start a server command logging to log_path; yield (URL, pid) once /health answers; always stopped."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        yield wait_ready(proc, log_path)
+        yield wait_ready(proc, log_path), proc.pid
     finally:
         proc.terminate()
         try:

@@ -26,9 +26,7 @@ import hashlib
 import json
 import logging
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,10 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_serve import server_process  # one way to start and stop a server process
+
 POSTS = ROOT / "bellm_search" / "data" / "sample_posts.jsonl"
 MIX = (("query", 0.5), ("near-duplicates", 0.2), ("embed", 0.2), ("health", 0.1))
 CHECKPOINTS = (0.25, 0.5, 0.75)
@@ -99,33 +101,8 @@ def server(path: Path, args: argparse.Namespace, log_path: Path) -> Iterator[tup
     else:
         options = {"port": 0, "timeout_s": 600.0, "encoder_ms": args.encoder_ms}
         cmd = [sys.executable, __file__, "--serve-fake", str(path), json.dumps(options)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        yield wait_ready(proc, log_path), proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_ready(proc: subprocess.Popen, log_path: Path, timeout: float = 600) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode}; log {log_path}:\n{log_path.read_text()[-3000:]}")
-        found = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", log_path.read_text())
-        if found:
-            try:
-                if httpx.get(found.group(1) + "/health", timeout=5).status_code == 200:
-                    return found.group(1)
-            except httpx.TransportError:
-                pass
-        time.sleep(0.2)
-    sys.exit(f"server not ready within {timeout:.0f}s; log {log_path}")
+    with server_process(cmd, log_path) as running:
+        yield running
 
 
 def rss_mb(pid: int) -> float:

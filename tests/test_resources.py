@@ -207,7 +207,7 @@ def test_storage_errors_are_one_line_and_other_errors_keep_their_traceback():
 
     import lmdb
 
-    from bellm_search.cli import storage_error
+    from bellm_search.errors import storage_error
 
     full = storage_error(OSError(errno.ENOSPC, "No space left on device", "/c/manifest.json"))
     assert full.startswith("cannot write (/c/manifest.json): No space left on device;") and "re-run" in full
