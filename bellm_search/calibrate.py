@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from bellm_search.dedup import PairScore, pair_jaccards
 from bellm_search.evaluation import average_precision, best_f1, pr_curve, read_pairs
 
 
@@ -40,7 +41,7 @@ def report(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
             "curve": curve_table(scores, labels)}
 
 
-def plot_curve(scores: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
+def plot_curve(scores: np.ndarray, labels: np.ndarray, path: Path, title: str, xlabel: str = "cosine threshold") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +53,7 @@ def plot_curve(scores: np.ndarray, labels: np.ndarray, path: Path, title: str) -
         ax.plot(curve["threshold"], curve[key], label=key)
     t, f1, _, _ = best_f1(scores, labels)
     ax.axvline(t, color="grey", linestyle="--", label=f"best F1 {f1:.3f} at {t:.3f}")
-    ax.set_xlabel("cosine threshold")
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
@@ -62,15 +63,28 @@ def plot_curve(scores: np.ndarray, labels: np.ndarray, path: Path, title: str) -
     plt.close(fig)
 
 
+def pair_scores(pairs: list[Any], cosine: np.ndarray, score: PairScore) -> np.ndarray:
+    """``score`` of each labelled pair from its cosine and its two texts (as dedup scores pairs)."""
+    if not score.lexical:
+        return np.asarray(cosine, dtype=np.float64)
+    return score.combine(cosine, pair_jaccards([p.text1 for p in pairs], [p.text2 for p in pairs], score.shingle))
+
+
 def evaluate_pairs(path: str, fmt: str, encoder_options: dict[str, Any], plot: Path | None = None,
-                   limit: int | None = None, encoder: Any = None) -> dict[str, Any]:
+                   limit: int | None = None, encoder: Any = None,
+                   lexical_weight: float | None = None) -> dict[str, Any]:
+    from bellm_search.dedup_job import default_score
     from bellm_search.encoder.encode import Encoder
 
+    calibrated = default_score()
+    score = calibrated if lexical_weight is None else PairScore(lexical_weight, calibrated.cosine_floor)
     pairs = read_pairs(path, fmt)[:limit]  # type: ignore[arg-type]
     encoder = encoder or Encoder(**encoder_options)
-    scores = cosine_scores(pairs, encoder)
+    scores = pair_scores(pairs, cosine_scores(pairs, encoder), score)
     labels = np.asarray([p.label for p in pairs], dtype=np.int64)
     out = report(scores, labels)
+    out["score"] = score.describe()
+    out["lexical_weight"] = score.lexical_weight
     if plot:
-        plot_curve(scores, labels, plot, f"{Path(path).name}: AP {out['ap']:.3f}")
+        plot_curve(scores, labels, plot, f"{Path(path).name}: AP {out['ap']:.3f}", xlabel=f"{score.describe()} threshold")
     return out

@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bellm_search.dedup import all_cluster_scores, choose_keep, clusters_from_pairs, parse_keep
+from bellm_search.dedup import (COSINE_FLOOR, PairScore, all_cluster_scores, choose_keep, clusters_from_pairs,
+                                pair_jaccards, parse_keep)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class DedupResult:
     seconds: float
     threshold: float
     k: int
+    lexical_weight: float = 0.0
+    score: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,12 +58,47 @@ class Clusters:
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray]  # (i, j, score) int ids
 
 
-def default_threshold() -> float:
-    """The threshold calibrated on labelled paraphrase data (see README), else a safe default."""
+def _calibration() -> dict[str, Any]:
     path = Path(__file__).with_name("calibration.json")
-    if path.is_file():
-        return float(json.loads(path.read_text())["threshold"])
-    return DEFAULT_THRESHOLD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def default_threshold() -> float:
+    """The dedup threshold calibrated on labelled paraphrase data (see README), for the
+    calibrated ``default_score()``; else a safe cosine default."""
+    return float(_calibration().get("threshold", DEFAULT_THRESHOLD))
+
+
+def default_cosine_threshold() -> float:
+    """The calibrated threshold for a pure cosine score (the server's near-duplicate lookups)."""
+    cal = _calibration()
+    return float(cal.get("cosine_threshold", cal.get("threshold", DEFAULT_THRESHOLD)))
+
+
+def default_score() -> PairScore:
+    """The calibrated pair score: cosine mixed with character 5-gram Jaccard (see PairScore)."""
+    cal = _calibration()
+    return PairScore(float(cal.get("lexical_weight", 0.0)), float(cal.get("cosine_floor", COSINE_FLOOR)))
+
+
+def resolve_scoring(threshold: float | None, lexical_weight: float | None) -> tuple[float, PairScore]:
+    """The (threshold, score) a dedup uses: the calibrated pair, or the user's choices. A
+    threshold only means something for its score, so a non-default lexical weight without a
+    threshold is refused, except 0 (pure cosine), which has its own calibrated threshold."""
+    from bellm_search.errors import ConfigError
+
+    calibrated = default_score()
+    if lexical_weight is None or lexical_weight == calibrated.lexical_weight:
+        score = calibrated
+        return (default_threshold() if threshold is None else threshold), score
+    score = PairScore(lexical_weight, calibrated.cosine_floor)
+    if threshold is None:
+        if lexical_weight != 0.0:
+            raise ConfigError(f"--lexical-weight {lexical_weight:g} has no calibrated threshold: give --threshold "
+                              f"(calibrated: --lexical-weight {calibrated.lexical_weight:g} --threshold "
+                              f"{default_threshold():g}, or --lexical-weight 0 for pure cosine)")
+        threshold = default_cosine_threshold()
+    return threshold, score
 
 
 # ----------------------------------------------------------------------------- candidate pairs
@@ -184,17 +222,55 @@ def stored_links(coll: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 # ----------------------------------------------------------------------------- clustering
 def find_clusters(coll: Any, threshold: float, k: int = 10, keep: str = "first",
-                  nprobe: int | None = None) -> tuple[Clusters, np.ndarray, np.ndarray]:
-    """Clusters over the live documents; returns (clusters, live ids, ids linked exactly)."""
+                  nprobe: int | None = None, score: PairScore | None = None,
+                  ) -> tuple[Clusters, np.ndarray, np.ndarray]:
+    """Clusters over the live documents; returns (clusters, live ids, ids linked exactly).
+
+    Candidates are the cosine k-NN pairs with cosine >= ``score.candidate_threshold(threshold)``;
+    a candidate is a duplicate when its ``score`` (default: pure cosine) reaches ``threshold``.
+    """
     parse_keep(keep)
+    score = score or PairScore()
     live, ei, ej, es, exact = stored_links(coll)
-    ni, nj, ns = knn_pairs(coll, threshold, k, nprobe)
+    ni, nj, ns = knn_pairs(coll, score.candidate_threshold(threshold), k, nprobe)
+    if score.lexical:
+        ns = rescore(coll, ni, nj, ns, score).astype(np.float32)
+        ok = ns >= threshold
+        ni, nj, ns = ni[ok], nj[ok], ns[ok]
     pi, pj, ps = np.concatenate([ei, ni]), np.concatenate([ej, nj]), np.concatenate([es, ns])
     members = clusters_from_pairs(live, pi, pj)
     mx, mn = all_cluster_scores(members, pi, pj, ps) if members else (np.zeros(0), np.zeros(0))
     docs = _doc_getter(coll)
     kept = [choose_keep(m, keep, docs) for m in members]
     return Clusters(members, kept, mx, mn, (pi, pj, ps)), live, ej[exact]
+
+
+LEXICAL_CACHE_DOCS = 200_000  # shingle sets held at once (~10 KB each); past it the cache restarts
+
+
+def rescore(coll: Any, pi: np.ndarray, pj: np.ndarray, cosine: np.ndarray, score: PairScore,
+            chunk: int = 65536) -> np.ndarray:
+    """``score`` of candidate pairs (int ids) from their cosines and their stored texts.
+
+    Pairs are scored in chunks; each document's shingle set is built once while it stays in a
+    cache of ``LEXICAL_CACHE_DOCS`` documents (all of them below that size), so memory stays
+    bounded on any collection and time is one normalisation per document on most."""
+    out = np.empty(len(pi), dtype=np.float64)
+    shingles: dict[Any, set] = {}
+    text_of: dict[int, str | None] = {}
+    for s in range(0, len(pi), chunk):
+        a, b = pi[s:s + chunk].tolist(), pj[s:s + chunk].tolist()
+        if len(text_of) > LEXICAL_CACHE_DOCS:
+            text_of.clear()
+            shingles.clear()
+        for int_id in set(a) | set(b):
+            if int_id not in text_of:
+                doc = coll.store.get_doc(int(int_id))
+                value = doc.get("text") if doc else None
+                text_of[int_id] = value if isinstance(value, str) else None
+        jac = pair_jaccards([text_of[i] for i in a], [text_of[j] for j in b], score.shingle, cache=shingles)
+        out[s:s + chunk] = score.combine(cosine[s:s + chunk], jac)
+    return out
 
 
 def _doc_getter(coll: Any) -> Any:
@@ -210,11 +286,12 @@ def _doc_getter(coll: Any) -> Any:
 
 
 def run_dedup(coll: Any, threshold: float | None = None, k: int = 10, keep: str = "first",
-              nprobe: int | None = None, output: Path | None = None, emit: Emit = "clusters") -> DedupResult:
+              nprobe: int | None = None, output: Path | None = None, emit: Emit = "clusters",
+              lexical_weight: float | None = None) -> DedupResult:
     """Find clusters and write the chosen output (atomically); return the summary."""
     start = time.perf_counter()
-    threshold = default_threshold() if threshold is None else threshold
-    found, live, exact_ids = find_clusters(coll, threshold, k, keep, nprobe)
+    threshold, score = resolve_scoring(threshold, lexical_weight)
+    found, live, exact_ids = find_clusters(coll, threshold, k, keep, nprobe, score)
     removed = [m[m != kp] for m, kp in zip(found.members, found.keep)]
     removed_all = np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
     n_exact = int(np.isin(removed_all, exact_ids).sum())
@@ -224,6 +301,7 @@ def run_dedup(coll: Any, threshold: float | None = None, k: int = 10, keep: str 
         documents=len(live), clusters=len(found.members), removed=len(removed_all),
         removed_exact=n_exact, removed_near=len(removed_all) - n_exact, pairs=len(found.pairs[0]),
         seconds=round(time.perf_counter() - start, 3), threshold=threshold, k=k,
+        lexical_weight=score.lexical_weight, score=score.describe(),
     )
 
 

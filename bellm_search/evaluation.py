@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bellm_search.dedup import normalize_text
+from bellm_search.dedup import char_shingles, jaccard  # noqa: F401  (re-exported: the lexical baseline)
 from bellm_search.errors import ConfigError, CorpusError, MissingDependency
 
 PairFormat = Literal["auto", "jsonl", "twitter-url", "pit2015", "mrpc"]
@@ -326,23 +326,6 @@ def _read_sts_jsonl(path: Path) -> list[StsPair]:
 
 
 # --------------------------------------------------------------------------- lexical baseline
-
-def char_shingles(text: str, n: int = 5) -> set[str]:
-    """Character n-grams of ``normalize_text(text, social=True)`` (the pipeline's social mode,
-    so the baseline sees the same text). A text shorter than n is one shingle; "" gives {}."""
-    if n < 1:
-        raise ValueError(f"shingle size must be >= 1, got {n}")
-    norm = normalize_text(text, social=True)
-    if len(norm) <= n:
-        return {norm} if norm else set()
-    return {norm[k:k + n] for k in range(len(norm) - n + 1)}
-
-
-def jaccard(a: set, b: set) -> float:
-    """|a & b| / |a | b|; two empty sets are identical (1.0)."""
-    union = len(a | b)
-    return len(a & b) / union if union else 1.0
-
 
 def _texts(pairs: Iterable[Any]) -> Iterator[tuple[str, str]]:
     for p in pairs:

@@ -242,7 +242,7 @@ class Service:
         from concurrent.futures import ThreadPoolExecutor
 
         from bellm_search.batcher import MicroBatcher
-        from bellm_search.dedup_job import default_threshold
+        from bellm_search.dedup_job import default_cosine_threshold
 
         self.coll = coll
         self.settings = settings
@@ -252,7 +252,7 @@ class Service:
                                     max_queue=settings.max_queue, enabled=settings.batching)
         self.lock = ReadWriteLock()
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="bellm-writer")
-        self.threshold = default_threshold()
+        self.threshold = default_cosine_threshold()
         self.internal_errors = 0
 
     def close(self) -> None:

@@ -4,15 +4,20 @@
     python scripts/bench_dedup.py scale [--vectors .cache/tweets_proxy_vecs.npy] [--sizes 10000,50000,0]
 
 quality: on seeded samples of the three development sets (Twitter URL train, PIT-2015 dev, MRPC
-train), average precision and F1 of (a) cosine of our default encoder, (b) MinHash-LSH estimated
-Jaccard (datasketch, 128 permutations) and (c) exact Jaccard, both on character 5-gram shingles
-of social-normalised text. F1 is reported at each method's best threshold per set (an oracle)
-and at ONE threshold per method chosen to maximise the mean F1 over the three sets -- the
-setting a user gets. --write-calibration stores our single threshold as the package default.
+train), average precision and F1 of (a) "bellm": the default pair score, (1-w)*cosine + w*Jaccard
+of character 5-grams, with w chosen on these sets, (b) "cosine": our encoder alone, (c) MinHash-LSH
+estimated Jaccard (datasketch, 128 permutations) and (d) exact Jaccard, both on character 5-gram
+shingles of social-normalised text. F1 is reported at each method's best threshold per set (an
+oracle), at ONE threshold per method maximising the mean F1 over the three sets, and (with
+--min-precision) at the lowest threshold whose mean precision reaches it -- the default's rule.
+A leave-one-set-out table chooses w and the threshold on two sets and scores the third.
+--write-calibration stores the default (w, threshold, cosine-only threshold) in the package.
 
 scale: ingest cached vectors (no encoding) into a temporary collection, then time
-`find_clusters` (k=10) in a fresh process and report its peak RSS; compare with exact all-pairs
-range search (faiss Flat) over the same vectors at the same threshold.
+`find_clusters` (k=10) in a fresh process and report its peak RSS. Reference: with a pure cosine
+score (--lexical-weight 0), exact all-pairs range search (faiss Flat) at the same threshold; with
+the mixed score, exact k-NN (faiss Flat, same k) rescored the same way -- an exact all-pairs
+Jaccard over ~50M cosine-floor pairs is not feasible here.
 """
 from __future__ import annotations
 
@@ -73,76 +78,146 @@ def single_threshold(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray
     return best_t, best_f1s
 
 
+def precision_f1(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray], target: float) -> tuple[float, dict[str, float]]:
+    t = precision_threshold(scores, labels, target)
+    return t, single_f1_at(scores, labels, t)
+
+
+def choose_weight(cos: dict[str, np.ndarray], jac: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                  target: float | None, floor: float) -> tuple[float, float, float]:
+    """(w, threshold, mean F1): the lexical weight on a 0.1 grid (0 < w < 1) whose operating point --
+    the precision rule when ``target`` is given, else the max-mean-F1 threshold -- has the best mean F1."""
+    from bellm_search.dedup import PairScore
+
+    best = (-1.0, 0.0, 0.0)
+    for w in np.round(np.arange(0.1, 0.95, 0.1), 2):
+        score = PairScore(float(w), floor)
+        mixed = {n: score.combine(cos[n], jac[n]) for n in cos}
+        t, f1s = precision_f1(mixed, labels, target) if target else single_threshold(mixed, labels)
+        mean = float(np.mean(list(f1s.values())))
+        if mean > best[0] + 1e-9:
+            best = (mean, float(w), t)
+    return best[1], best[2], best[0]
+
+
 def quality(args: argparse.Namespace) -> None:
-    from bellm_search.calibrate import cosine_scores, plot_curve
-    from bellm_search.encoder.encode import Encoder
+    from bellm_search.calibrate import cosine_scores, pair_scores, plot_curve
+    from bellm_search.collection import adapter_sha256
+    from bellm_search.dedup import PairScore
+    from bellm_search.encoder.resolve import resolve_config
     from bellm_search.evaluation import average_precision, best_f1, jaccard_scores, minhash_scores, read_pairs
 
-    encoder = Encoder()
-    methods = ("bellm", "minhash", "jaccard")
-    scores = {m: {} for m in methods}
-    labels = {}
+    sha = adapter_sha256(resolve_config().adapter)
+    cache = ROOT / "runs" / "dedup_scores.npz"
+    scores: dict[str, dict[str, np.ndarray]] = {m: {} for m in ("cosine", "minhash", "jaccard")}
+    labels: dict[str, np.ndarray] = {}
+    pairs_of = {}
     for name, path in SETS.items():
         pairs = read_pairs(path)
         random.Random(args.seed).shuffle(pairs)
-        pairs = pairs[:args.pairs_per_set]
-        labels[name] = np.asarray([p.label for p in pairs])
-        t = time.perf_counter()
-        scores["bellm"][name] = cosine_scores(pairs, encoder)
-        t_enc = time.perf_counter() - t
-        scores["minhash"][name] = minhash_scores(pairs, num_perm=128, n=5)
-        scores["jaccard"][name] = jaccard_scores(pairs, n=5)
-        print(f"{name}: {len(pairs)} pairs ({labels[name].sum()} positive), encoded in {t_enc:.0f}s", flush=True)
-        plot_curve(scores["bellm"][name], labels[name], ROOT / "docs" / f"dedup_curve_{name}.png", f"{name} (bellm-search)")
-    print(f"\n{'method':<9} {'set':<12} {'AP':>6} {'F1 best':>8} {'at':>7} {'F1 single':>10}")
+        pairs_of[name] = pairs[:args.pairs_per_set]
+    reuse = args.reuse_scores and cache.is_file() and str(np.load(cache).get("adapter_sha256", "")) == sha \
+        and all(len(np.load(cache)[f"label_{n}"]) == len(pairs_of[n]) for n in SETS)
+    if reuse:
+        saved = np.load(cache)
+        for name in SETS:
+            labels[name] = saved[f"label_{name}"]
+            for m in scores:
+                scores[m][name] = saved[f"{m}_{name}"]
+        print(f"scores reused from {cache} (same adapter {sha[:12]}, same samples)")
+    else:
+        from bellm_search.encoder.encode import Encoder
+
+        encoder = Encoder()
+        for name, pairs in pairs_of.items():
+            labels[name] = np.asarray([p.label for p in pairs])
+            t = time.perf_counter()
+            scores["cosine"][name] = cosine_scores(pairs, encoder)
+            t_enc = time.perf_counter() - t
+            scores["minhash"][name] = minhash_scores(pairs, num_perm=128, n=5)
+            scores["jaccard"][name] = jaccard_scores(pairs, n=5)
+            print(f"{name}: {len(pairs)} pairs ({labels[name].sum()} positive), encoded in {t_enc:.0f}s", flush=True)
+        np.savez(cache, adapter_sha256=sha, **{f"{m}_{n}": scores[m][n] for m in scores for n in SETS},
+                 **{f"label_{n}": labels[n] for n in SETS})
+
+    # the default pair score: lexical weight chosen on the three dev sets by the same rule as its threshold
+    floor = args.cosine_floor
+    w, t_mixed, _ = choose_weight(scores["cosine"], scores["jaccard"], labels, args.min_precision, floor)
+    default = PairScore(w, floor)
+    scores["bellm"] = {n: pair_scores(pairs_of[n], scores["cosine"][n], default) if not reuse
+                       else default.combine(scores["cosine"][n], scores["jaccard"][n]) for n in SETS}
+    for name in SETS:
+        plot_curve(scores["bellm"][name], labels[name], ROOT / "docs" / f"dedup_curve_{name}.png",
+                   f"{name} (bellm-search default)", xlabel=f"{default.describe()} threshold")
+    methods = ("bellm", "cosine", "minhash", "jaccard")
+    print(f"\nbellm = the default pair score {default.describe()}; cosine = the encoder alone")
+    rule = f"mean precision >= {args.min_precision}" if args.min_precision else None
+    print(f"\n{'method':<9} {'set':<12} {'AP':>6} {'F1 best':>8} {'at':>7} {'F1 single':>10}" + (f" {'F1 @P-rule':>11}" if rule else ""))
     summary = {}
     for m in methods:
         t_single, f1_single = single_threshold(scores[m], labels)
+        t_prec, f1_prec = precision_f1(scores[m], labels, args.min_precision) if rule else (None, {})
         rows = []
         for name in SETS:
             ap = average_precision(scores[m][name], labels[name])
             thr, f1, _, _ = best_f1(scores[m][name], labels[name])
-            rows.append((ap, f1, f1_single[name]))
-            print(f"{m:<9} {name:<12} {100 * ap:6.1f} {100 * f1:8.1f} {thr:7.3f} {100 * f1_single[name]:10.1f}")
+            rows.append((ap, f1, f1_single[name], f1_prec.get(name, np.nan)))
+            print(f"{m:<9} {name:<12} {100 * ap:6.1f} {100 * f1:8.1f} {thr:7.3f} {100 * f1_single[name]:10.1f}"
+                  + (f" {100 * f1_prec[name]:11.1f}" if rule else ""))
         mean = np.mean(rows, axis=0)
-        summary[m] = {"threshold": t_single, "ap": mean[0], "f1_best": mean[1], "f1_single": mean[2]}
-        print(f"{m:<9} {'MEAN':<12} {100 * mean[0]:6.1f} {100 * mean[1]:8.1f} {'':>7} {100 * mean[2]:10.1f}   (single threshold {t_single:.3f})")
-    np.savez(ROOT / "runs" / "dedup_scores.npz", **{f"{m}_{n}": scores[m][n] for m in methods for n in SETS},
-             **{f"label_{n}": labels[n] for n in SETS})
-    gap = 100 * (summary["bellm"]["f1_single"] - max(summary["minhash"]["f1_single"], summary["jaccard"]["f1_single"]))
-    print(f"\nour default threshold beats the best of MinHash/Jaccard by {gap:+.1f} F1 points on average (target >= +10)")
+        summary[m] = {"threshold": t_single, "ap": mean[0], "f1_best": mean[1], "f1_single": mean[2],
+                      "prec_threshold": t_prec, "f1_prec": mean[3]}
+        print(f"{m:<9} {'MEAN':<12} {100 * mean[0]:6.1f} {100 * mean[1]:8.1f} {'':>7} {100 * mean[2]:10.1f}"
+              + (f" {100 * mean[3]:11.1f}" if rule else "")
+              + f"   (single threshold {t_single:.3f}" + (f"; P-rule threshold {t_prec:.3f})" if rule else ")"))
+    key = "f1_prec" if rule else "f1_single"
+    gap = 100 * (summary["bellm"][key] - max(summary["minhash"][key], summary["jaccard"][key]))
+    print(f"\nour default beats the best of MinHash/Jaccard by {gap:+.1f} F1 points on average "
+          f"at {'the precision rule' if rule else 'one max-F1 threshold per method'} (target >= +10)")
+    # leave-one-set-out: choose w and the threshold on two sets, score the third
+    print("\nleave-one-set-out (settings chosen on the other two sets, F1 on the held-out one):")
+    for m in ("bellm", "cosine", "jaccard"):
+        f1s = []
+        for held in SETS:
+            rest = [n for n in SETS if n != held]
+            sub = {n: labels[n] for n in rest}
+            if m == "bellm":
+                w_h, t_h, _ = choose_weight({n: scores["cosine"][n] for n in rest}, {n: scores["jaccard"][n] for n in rest},
+                                            sub, args.min_precision, floor)
+                held_scores = PairScore(w_h, floor).combine(scores["cosine"][held], scores["jaccard"][held])
+            else:
+                part = {n: scores[m][n] for n in rest}
+                t_h = precision_threshold(part, sub, args.min_precision) if rule else single_threshold(part, sub)[0]
+                held_scores = scores[m][held]
+            f1s.append(single_f1_at({held: held_scores}, {held: labels[held]}, t_h)[held])
+        print(f"  {m:<9} " + "  ".join(f"{n} {100 * f:.1f}" for n, f in zip(SETS, f1s)) + f"   mean {100 * np.mean(f1s):.1f}")
     if args.write_calibration:
-        from bellm_search.collection import adapter_sha256
-
-        threshold, rule = summary["bellm"]["threshold"], "max mean F1"
-        mean_f1 = summary["bellm"]["f1_single"]
-        if args.min_precision:
-            threshold = precision_threshold(scores["bellm"], labels, args.min_precision)
-            rule = f"lowest threshold with mean precision >= {args.min_precision}"
-            f1s = single_f1_at(scores["bellm"], labels, threshold)
-            mean_f1 = float(np.mean(list(f1s.values())))
-            print(f"precision rule: threshold {threshold:.3f}, F1 per set there: "
-                  + ", ".join(f"{k} {100 * v:.1f}" for k, v in f1s.items()))
-        out = {"threshold": round(threshold, 3),
-               "chosen_by": f"{rule} over seeded samples of twitter-url train, pit2015 dev, mrpc train",
-               "pairs_per_set": args.pairs_per_set, "seed": args.seed,
-               "adapter_sha256": adapter_sha256(encoder.config.adapter),
-               "mean_f1_at_threshold": round(mean_f1, 4), "mean_ap": round(summary["bellm"]["ap"], 4)}
+        threshold = summary["bellm"]["prec_threshold"] if rule else summary["bellm"]["threshold"]
+        cos_threshold = summary["cosine"]["prec_threshold"] if rule else summary["cosine"]["threshold"]
+        out = {"threshold": round(threshold, 3), "lexical_weight": w, "cosine_floor": floor,
+               "cosine_threshold": round(cos_threshold, 3),
+               "chosen_by": f"{'lowest threshold with ' + rule if rule else 'max mean F1'} (lexical weight: the 0.1-grid "
+                            f"value with the best mean F1 there) over seeded samples of twitter-url train, pit2015 dev, mrpc train",
+               "pairs_per_set": args.pairs_per_set, "seed": args.seed, "adapter_sha256": sha,
+               "mean_f1_at_threshold": round(float(summary["bellm"][key]), 4), "mean_ap": round(float(summary["bellm"]["ap"]), 4)}
         (ROOT / "bellm_search" / "calibration.json").write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote bellm_search/calibration.json: threshold {out['threshold']}")
+        print(f"wrote bellm_search/calibration.json: lexical weight {w}, threshold {out['threshold']}, "
+              f"cosine-only threshold {out['cosine_threshold']}")
 
 
 # ----------------------------------------------------------------------------- scale
-def _dedup_worker(path: str, threshold: float, queue: mp.Queue) -> None:
+def _dedup_worker(path: str, threshold: float, weight: float, queue: mp.Queue) -> None:
     from bellm_search.collection import Collection
-    from bellm_search.dedup_job import find_clusters
+    from bellm_search.dedup import PairScore
+    from bellm_search.dedup_job import default_score, find_clusters
     from fakes_free import NoEncoder  # type: ignore
 
+    score = PairScore(weight, default_score().cosine_floor)
     t = time.perf_counter()
     with Collection.open(Path(path), readonly=True, encoder=NoEncoder.from_manifest(path)) as coll:
         t_open = time.perf_counter() - t
         t = time.perf_counter()
-        found, live, _ = find_clusters(coll, threshold, k=10)
+        found, live, _ = find_clusters(coll, threshold, k=10, score=score)
         seconds = time.perf_counter() - t
         pi, pj, _ = found.pairs
         cluster_of = np.full(int(live.max()) + 1, -1)
@@ -154,6 +229,7 @@ def _dedup_worker(path: str, threshold: float, queue: mp.Queue) -> None:
 
 
 def exact_pairs(vecs: np.ndarray, ids: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
+    """All pairs with cosine >= threshold (faiss Flat range search)."""
     import faiss
 
     t = time.perf_counter()
@@ -168,17 +244,41 @@ def exact_pairs(vecs: np.ndarray, ids: np.ndarray, threshold: float) -> tuple[np
     return np.concatenate(out), time.perf_counter() - t
 
 
+def exact_knn_mixed_pairs(vecs: np.ndarray, ids: np.ndarray, texts: dict[int, str], threshold: float,
+                          score, k: int = 10) -> tuple[np.ndarray, float]:
+    """The mixed score's reference: exact k-NN (faiss Flat) with cosine >= the candidate threshold,
+    rescored with the texts; pairs scoring >= threshold."""
+    import faiss
+
+    from bellm_search.dedup import pair_jaccards
+
+    t = time.perf_counter()
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    index.add(vecs)
+    D, I = index.search(vecs, k + 1)
+    q = np.repeat(np.arange(len(vecs)), k + 1)
+    c, d = I.ravel(), D.ravel()
+    ok = (c >= 0) & (c != q) & (d >= score.candidate_threshold(threshold))
+    a, b = ids[np.minimum(q[ok], c[ok])], ids[np.maximum(q[ok], c[ok])]
+    _, first = np.unique(a * (int(ids.max()) + 1) + b, return_index=True)
+    a, b, d = a[first], b[first], d[ok][first]
+    mixed = score.combine(d, pair_jaccards([texts[i] for i in a.tolist()], [texts[j] for j in b.tolist()], score.shingle))
+    keep = mixed >= threshold
+    return np.stack([a[keep], b[keep]], 1), time.perf_counter() - t
+
+
 def scale(args: argparse.Namespace) -> None:
     from embed_tweets import tweets
 
     from bellm_search.collection import Collection
-    from bellm_search.dedup_job import default_threshold
+    from bellm_search.dedup_job import resolve_scoring
     from bellm_search.index import IndexConfig
 
     vecs_all = np.load(args.vectors).astype(np.float32)
     texts = tweets()[:len(vecs_all)]
-    threshold = args.threshold or default_threshold()
-    print(f"vectors {args.vectors} {vecs_all.shape}, threshold {threshold:.3f}, k=10")
+    threshold, score = resolve_scoring(args.threshold, args.lexical_weight)
+    reference = "exact all-pairs range search" if not score.lexical else "exact k-NN (Flat, same k) + the same rescoring"
+    print(f"vectors {args.vectors} {vecs_all.shape}, score {score.describe()} >= {threshold:.3f}, k=10; reference: {reference}")
     print(f"{'n':>8} {'index':<16} {'dedup s':>8} {'peak MB':>8} {'exact s':>8} {'speed-up':>8} {'pairs':>8} {'exact':>8} {'raw rec':>8} {'clust rec':>9}")
     for n in [int(x) or len(vecs_all) for x in args.sizes.split(",")]:
         tmp = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
@@ -187,13 +287,17 @@ def scale(args: argparse.Namespace) -> None:
             coll = Collection.create(tmp / "c", encoder=enc, normalize_social=True, index_config=IndexConfig())
             coll.ingest(({"id": str(i), "text": t} for i, t in enumerate(texts[:n])), vectors=vecs_all[:n], chunk_size=8192)
             ids, vecs = map(np.concatenate, zip(*coll.store.iter_vectors()))
+            text_of = {int(i): coll.store.get_doc(int(i))["text"] for i in ids.tolist()} if score.lexical else {}
             coll.close()
             queue: mp.Queue = mp.get_context("spawn").Queue()
-            proc = mp.get_context("spawn").Process(target=_dedup_worker, args=(str(tmp / "c"), threshold, queue))
+            proc = mp.get_context("spawn").Process(target=_dedup_worker, args=(str(tmp / "c"), threshold, score.lexical_weight, queue))
             proc.start()
             res = queue.get()
             proc.join()
-            ex, t_exact = exact_pairs(vecs, ids, threshold)
+            if score.lexical:
+                ex, t_exact = exact_knn_mixed_pairs(vecs, ids, text_of, threshold, score)
+            else:
+                ex, t_exact = exact_pairs(vecs, ids, threshold)
             ours = {tuple(p) for p in res["pairs"].tolist()}
             raw = np.mean([tuple(p) in ours for p in ex.tolist()]) if len(ex) else 1.0
             co = res["cluster_of"]
@@ -226,10 +330,18 @@ def main() -> None:
     ap.add_argument("--write-calibration", action="store_true")
     ap.add_argument("--min-precision", type=float, default=None,
                     help="calibrate to the lowest threshold with this mean precision instead of max mean F1")
+    ap.add_argument("--cosine-floor", type=float, default=None, help="default: bellm_search.dedup.COSINE_FLOOR")
+    ap.add_argument("--reuse-scores", action="store_true",
+                    help="reuse runs/dedup_scores.npz when it holds the same adapter's scores of the same samples")
     ap.add_argument("--vectors", default=str(ROOT / ".cache" / "tweets_proxy_vecs.npy"))
     ap.add_argument("--sizes", default="10000,50000,0", help="0 = all vectors")
     ap.add_argument("--threshold", type=float, default=None)
+    ap.add_argument("--lexical-weight", type=float, default=None, help="scale: 0 = pure cosine (default: calibrated)")
     args = ap.parse_args()
+    if args.cosine_floor is None:
+        from bellm_search.dedup import COSINE_FLOOR
+
+        args.cosine_floor = COSINE_FLOOR
     if args.part in ("quality", "all"):
         quality(args)
     if args.part in ("scale", "all"):

@@ -128,6 +128,15 @@ def test_dedup_one_shot_on_a_corpus(capsys, tiny_llama, tmp_path):
     clusters = [json.loads(x) for x in out.read_text().splitlines()]
     assert clusters == [{"cluster": 0, "keep": "0", "members": ["0", "1"], "max_score": 1.0, "min_score": 1.0}]
     assert json.loads(stdout)["removed_exact"] == 1
+    # the score is reported; an uncalibrated lexical weight needs a threshold, and fails before ingesting
+    assert json.loads(stdout)["score"].endswith(")") and json.loads(stdout)["lexical_weight"] > 0
+    code, _, err = run(capsys, "dedup", str(corpus), "--lexical-weight", "0.25", "-c", str(tmp_path / "never"),
+                       "--model", str(tiny_llama), "--adapter", "none")
+    assert code == 1 and "--lexical-weight 0.25 has no calibrated threshold" in err
+    assert not (tmp_path / "never").exists()
+    code, stdout, _ = run(capsys, "dedup", str(corpus), "--normalize", "--lexical-weight", "0", "--threshold", "0.9999",
+                          "--model", str(tiny_llama), "--adapter", "none", "--json")
+    assert code == 0 and json.loads(stdout)["score"] == "cosine" and json.loads(stdout)["removed"] == 1
 
 
 def test_collection_names_cannot_escape(tmp_path):

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bellm_search.collection import Collection
 from bellm_search.dedup_job import find_clusters, run_dedup
+from bellm_search.errors import ConfigError
 from bellm_search.index import IndexConfig
 from fakes import FakeEncoder, base_vector, near
 
@@ -72,18 +74,18 @@ def test_keep_policies(tmp_path):
 def test_outputs_parse_back(tmp_path):
     coll = make(tmp_path)
     out = tmp_path / "out"
-    res = run_dedup(coll, THRESHOLD, k=5, output=out / "clusters.jsonl", emit="clusters")
+    res = run_dedup(coll, THRESHOLD, k=5, output=out / "clusters.jsonl", emit="clusters", lexical_weight=0.0)
     lines = [json.loads(x) for x in (out / "clusters.jsonl").read_text().splitlines()]
     assert [sorted(c["members"]) for c in lines] == [["e1", "e2", "e3", "r1"], ["s1", "s2"]]
     assert lines[0]["keep"] == "e1" and 0.9 <= lines[0]["min_score"] <= lines[0]["max_score"] <= 1.0
     assert (res.documents, res.clusters, res.removed, res.removed_exact, res.removed_near) == (10, 2, 4, 1, 3)
-    run_dedup(coll, THRESHOLD, k=5, output=out / "remove.txt", emit="remove")
-    run_dedup(coll, THRESHOLD, k=5, output=out / "keep.txt", emit="keep")
+    run_dedup(coll, THRESHOLD, k=5, output=out / "remove.txt", emit="remove", lexical_weight=0.0)
+    run_dedup(coll, THRESHOLD, k=5, output=out / "keep.txt", emit="keep", lexical_weight=0.0)
     removed = (out / "remove.txt").read_text().split()
     kept = (out / "keep.txt").read_text().split()
     assert sorted(removed) == ["e2", "e3", "r1", "s2"]
     assert sorted(kept + removed) == sorted(d["id"] for d in planted()[1])
-    run_dedup(coll, THRESHOLD, k=5, output=out / "pairs.jsonl", emit="pairs")
+    run_dedup(coll, THRESHOLD, k=5, output=out / "pairs.jsonl", emit="pairs", lexical_weight=0.0)
     pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
     assert {"id1", "id2", "score"} <= set(pairs[0]) and all(p["score"] >= THRESHOLD for p in pairs)
     assert not any({p["id1"], p["id2"]} == {"x1", "x2"} for p in pairs)
@@ -159,3 +161,99 @@ def test_blocked_pairs_against_brute_force():
     got = set(zip(pi.tolist(), pj.tolist()))
     assert got <= truth and len(got) >= 0.98 * len(truth) > 0
     assert np.all(ps >= 0.97) and np.all(pi < pj)
+
+
+# ----------------------------------------------------------------------------- mixed lexical score
+def test_pair_score_mixes_cosine_and_jaccard_above_the_floor_only():
+    from bellm_search.dedup import PairScore
+
+    s = PairScore(0.6, cosine_floor=0.6)
+    got = s.combine([0.9, 0.9, 0.59, 0.9], [1.0, 0.0, 1.0, np.nan])
+    # 0.4*0.9 + 0.6*1; 0.4*0.9 + 0; below the floor: cosine - 1 (< 0, never a duplicate); no text: cosine
+    assert got == pytest.approx([0.96, 0.36, -0.41, 0.9])
+    assert s.candidate_threshold(0.41) == 0.6  # the floor binds
+    assert s.candidate_threshold(0.9) == pytest.approx(0.75)  # 0.4*c + 0.6*1 >= 0.9  <=>  c >= 0.75
+    assert PairScore(0.0).candidate_threshold(0.83) == 0.83 and PairScore(0.0).combine([0.3], [1.0]) == [0.3]
+    for bad in ({"lexical_weight": 1.0}, {"lexical_weight": -0.1}, {"lexical_weight": 0.5, "cosine_floor": 0.0}):
+        with pytest.raises(ConfigError):
+            PairScore(**bad)
+
+
+def lexical_corpus():
+    """Pairs whose cosine and lexical overlap disagree (fake vectors with chosen cosines)."""
+    a, b, c = base_vector("LA"), base_vector("LB"), base_vector("LC")
+    table = {
+        "Earthquake of magnitude 6.1 hits northern Japan this morning": a,
+        "RT @news: EARTHQUAKE of magnitude 6.1 hits northern Japan this morning!! http://t.co/q": near(a, 0.75, "la"),
+        "Free iPhone giveaway, click the link now": b,
+        "Win a brand new car, enter today": near(b, 0.95, "lb"),  # close vectors, other words
+        "The council meeting was moved to Thursday evening": c,
+        "The council meeting was moved to Thursday morning": near(c, 0.5, "lc"),  # same words, far vectors
+    }
+    texts = list(table)
+    records = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)]
+    return table, records
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_mixed_score_links_lexical_copies_and_splits_lookalike_vectors(tmp_path, monkeypatch, blocked):
+    import bellm_search.dedup_job as job
+    from bellm_search.dedup import PairScore
+
+    if blocked:  # the k-means-blocked candidate search of large collections
+        monkeypatch.setattr(job, "EXACT_SEARCH_MAX", 0)
+    table, records = lexical_corpus()
+    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True)
+    coll.ingest(records)
+    cosine, _, _ = find_clusters(coll, 0.9, k=5)
+    assert source_clusters(coll, cosine) == [["d2", "d3"]]  # cosine alone: the look-alike vectors only
+    mixed, _, _ = find_clusters(coll, 0.6, k=5, score=PairScore(0.6, cosine_floor=0.6))
+    # the retweeted copy (cosine 0.75, Jaccard 0.98: 0.89) is in; the giveaway/car pair (cosine
+    # 0.95, Jaccard 0: 0.38) is out; the council pair (Jaccard 0.73) would score 0.64 but its
+    # cosine 0.5 is under the floor
+    assert source_clusters(coll, mixed) == [["d0", "d1"]]
+    (i, j, s) = mixed.pairs
+    assert len(s) == 1 and s[0] == pytest.approx(0.4 * 0.75 + 0.6 * 0.98245614, abs=1e-4)
+    assert s[0] == pytest.approx(mixed.max_score[0])
+    no_floor, _, _ = find_clusters(coll, 0.6, k=5, score=PairScore(0.6, cosine_floor=0.45))
+    assert source_clusters(coll, no_floor) == [["d0", "d1"], ["d4", "d5"]]
+
+
+def test_run_dedup_uses_the_calibrated_pair_score_and_refuses_uncalibrated_weights(tmp_path):
+    from bellm_search.dedup_job import default_cosine_threshold, default_score, default_threshold, resolve_scoring
+
+    cal = json.loads((Path(job_file()).with_name("calibration.json")).read_text())
+    assert default_score().lexical_weight == cal["lexical_weight"] and default_threshold() == cal["threshold"]
+    assert resolve_scoring(None, None) == (cal["threshold"], default_score())
+    t, s = resolve_scoring(None, 0.0)  # pure cosine has its own calibrated threshold
+    assert (t, s.lexical_weight) == (default_cosine_threshold(), 0.0) == (cal["cosine_threshold"], 0.0)
+    assert resolve_scoring(0.5, 0.3)[0] == 0.5
+    with pytest.raises(ConfigError, match="--lexical-weight 0.3 has no calibrated threshold"):
+        resolve_scoring(None, 0.3)
+    table, records = lexical_corpus()
+    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True)
+    coll.ingest(records)
+    res = run_dedup(coll, 0.7, k=5, lexical_weight=0.6)
+    assert (res.clusters, res.removed, res.lexical_weight) == (1, 1, 0.6) and "jaccard5" in res.score
+
+
+def job_file():
+    import bellm_search.dedup_job as job
+
+    return job.__file__
+
+
+def test_rescore_is_the_same_when_the_shingle_cache_restarts(tmp_path, monkeypatch):
+    import bellm_search.dedup_job as job
+    from bellm_search.dedup import PairScore
+
+    table, records = lexical_corpus()
+    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True)
+    coll.ingest(records)
+    pi, pj = np.array([0, 0, 2, 4, 1]), np.array([1, 3, 3, 5, 4])
+    cos = np.array([0.75, 0.7, 0.95, 0.65, 0.9])
+    score = PairScore(0.6, cosine_floor=0.6)
+    whole = job.rescore(coll, pi, pj, cos, score)
+    monkeypatch.setattr(job, "LEXICAL_CACHE_DOCS", 1)
+    assert job.rescore(coll, pi, pj, cos, score, chunk=2).tolist() == whole.tolist()
+    assert whole[0] == pytest.approx(0.4 * 0.75 + 0.6 * 0.98245614, abs=1e-4) and whole[2] == pytest.approx(0.38)

@@ -1,6 +1,7 @@
 """Metrics, labelled-data readers and the shingle baseline."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -279,3 +280,26 @@ def test_minhash_scores_estimate_jaccard():
     assert est.shape == (4,) and est[0] == 1.0 and est[3] == 1.0
     np.testing.assert_allclose(est, exact, atol=0.12)
     assert est[2] < 0.2 < 0.5 < est[1] < 1.0
+
+
+def test_eval_pair_scores_match_what_dedup_scores(tmp_path):
+    """`eval dedup` scores labelled pairs with the same mixed score as `dedup` (cosine given)."""
+    from bellm_search.calibrate import evaluate_pairs, pair_scores
+    from bellm_search.dedup import PairScore
+    from bellm_search.evaluation import Pair
+
+    pairs = [Pair("Big sale today", "RT @x: big  SALE today", 1), Pair("cats", "dogs", 0)]
+    cos = np.array([0.7, 0.9])
+    assert pair_scores(pairs, cos, PairScore(0.0)).tolist() == [0.7, 0.9]
+    assert pair_scores(pairs, cos, PairScore(0.5, 0.6)) == pytest.approx([0.85, 0.45])
+
+    class Enc:  # "sale" texts share a vector; cats/dogs are orthogonal
+        def encode(self, texts, **_):
+            return np.array([[1.0, 0.0] if "sale" in t.lower() else [0.0, 1.0] if t == "cats" else [0.6, 0.8] for t in texts])
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"text1": p.text1, "text2": p.text2, "label": p.label}) for p in pairs))
+    plain = evaluate_pairs(str(path), "jsonl", {}, encoder=Enc(), lexical_weight=0.0)
+    mixed = evaluate_pairs(str(path), "jsonl", {}, encoder=Enc(), lexical_weight=0.5)
+    assert plain["score"] == "cosine" and "jaccard5" in mixed["score"] and mixed["lexical_weight"] == 0.5
+    assert plain["ap"] == mixed["ap"] == 1.0 and mixed["threshold"] == pytest.approx(1.0)  # 0.5*1 + 0.5*1

@@ -321,9 +321,9 @@ def test_embed_returns_the_encoder_rows(server):
 def test_near_duplicates_match_or_none(server):
     client, _ = server
     body = client.post("/near-duplicates", json={"texts": ["post d 5", "never stored text"]}).json()
-    from bellm_search.dedup_job import default_threshold
+    from bellm_search.dedup_job import default_cosine_threshold
 
-    assert body["threshold"] == pytest.approx(default_threshold())  # the calibrated default
+    assert body["threshold"] == pytest.approx(default_cosine_threshold())  # the calibrated default
     assert [h["id"] for h in body["results"][0]] == ["d5"] and body["results"][1] == []
     loose = client.post("/near-duplicates", json={"text": "never stored text", "threshold": -1.0, "k": 4}).json()
     assert len(loose["results"][0]) == 4
