@@ -185,7 +185,7 @@ def api_models() -> Any:
         pass
 
     class NearDuplicatesIn(Texts):
-        threshold: Optional[float] = Field(None, ge=-1.0, le=1.0, description="Cosine threshold (default: calibrated).")
+        threshold: Optional[float] = Field(None, ge=-1.0, le=1.0, description="Cosine threshold (default: the calibrated cosine-only threshold).")
         k: int = Field(10, ge=1, description="Neighbours examined per text.")
         nprobe: Optional[int] = Field(None, ge=1)
 
