@@ -96,7 +96,7 @@ def jaccard(a: set, b: set) -> float:
     return inter / union if union else 1.0
 
 
-COSINE_FLOOR = 0.6  # see PairScore; the cost of the floor on the dev sets is in the README
+COSINE_FLOOR = 0.65  # the highest floor on a 0.05 grid that costs no dev F1 at the precision rule (README)
 
 
 @dataclass(frozen=True)

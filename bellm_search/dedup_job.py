@@ -110,7 +110,7 @@ def knn_pairs(coll: Any, threshold: float, k: int, nprobe: int | None = None,
     large = index.ntotal > EXACT_SEARCH_MAX or "IVF" in index.factory
     if large and n * coll.dim * 4 <= MEMORY_BUDGET:
         ids, vecs = _all_vectors(coll)
-        return blocked_pairs(ids, vecs, threshold, k, probes=nprobe or 2, seed=coll.index_config.seed)
+        return blocked_pairs(ids, vecs, threshold, k, probes=nprobe or block_probes(threshold), seed=coll.index_config.seed)
     # exact while small; past the memory budget the collection's IVF-PQ index with exact re-rank
     # (memory: its codes plus one batch)
     parts_i, parts_j, parts_s = [], [], []
@@ -137,6 +137,14 @@ def _all_vectors(coll: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 KMEANS_ITER = 10  # blocks only need to keep near neighbours together, not to be optimal
+
+
+def block_probes(threshold: float) -> int:
+    """Blocks each vector joins: 2 keep >= 99 % of the clusters at cosine >= 0.75; lower
+    thresholds (the mixed score's candidates at its 0.65 floor) reach farther neighbours and need 3
+    (50k real tweet vectors: 98.3 % of the exact mixed-score pairs clustered together with 2,
+    99.2 % with 3; raising k from 10 to 40 did not help)."""
+    return 2 if threshold >= 0.75 else 3
 
 
 def dedup_nlist(n: int) -> int:

@@ -220,6 +220,7 @@ def test_mixed_score_links_lexical_copies_and_splits_lookalike_vectors(tmp_path,
 
 
 def test_run_dedup_uses_the_calibrated_pair_score_and_refuses_uncalibrated_weights(tmp_path):
+    from bellm_search.dedup import PairScore
     from bellm_search.dedup_job import default_cosine_threshold, default_score, default_threshold, resolve_scoring
 
     cal = json.loads((Path(job_file()).with_name("calibration.json")).read_text())
@@ -227,9 +228,10 @@ def test_run_dedup_uses_the_calibrated_pair_score_and_refuses_uncalibrated_weigh
     assert resolve_scoring(None, None) == (cal["threshold"], default_score())
     t, s = resolve_scoring(None, 0.0)  # pure cosine has its own calibrated threshold
     assert (t, s.lexical_weight) == (default_cosine_threshold(), 0.0) == (cal["cosine_threshold"], 0.0)
-    assert resolve_scoring(0.5, 0.3)[0] == 0.5
-    with pytest.raises(ConfigError, match="--lexical-weight 0.3 has no calibrated threshold"):
-        resolve_scoring(None, 0.3)
+    other = 0.45 if cal["lexical_weight"] != 0.45 else 0.55  # a weight without a calibrated threshold
+    assert resolve_scoring(0.5, other) == (0.5, PairScore(other, cal["cosine_floor"]))
+    with pytest.raises(ConfigError, match=f"--lexical-weight {other:g} has no calibrated threshold"):
+        resolve_scoring(None, other)
     table, records = lexical_corpus()
     coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True)
     coll.ingest(records)
