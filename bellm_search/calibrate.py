@@ -41,7 +41,10 @@ def report(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
             "curve": curve_table(scores, labels)}
 
 
-def plot_curve(scores: np.ndarray, labels: np.ndarray, path: Path, title: str, xlabel: str = "cosine threshold") -> None:
+def plot_curve(scores: np.ndarray, labels: np.ndarray, path: Path, title: str, xlabel: str = "cosine threshold",
+               xmin: float | None = None) -> None:
+    """P/R/F1 against the threshold; ``xmin`` hides lower thresholds (the mixed score's below-floor
+    pairs score cosine - 1 < 0, which is never a useful threshold)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,6 +57,8 @@ def plot_curve(scores: np.ndarray, labels: np.ndarray, path: Path, title: str, x
     t, f1, _, _ = best_f1(scores, labels)
     ax.axvline(t, color="grey", linestyle="--", label=f"best F1 {f1:.3f} at {t:.3f}")
     ax.set_xlabel(xlabel)
+    if xmin is not None:
+        ax.set_xlim(left=xmin)
     ax.set_title(title)
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
@@ -86,5 +91,6 @@ def evaluate_pairs(path: str, fmt: str, encoder_options: dict[str, Any], plot: P
     out["score"] = score.describe()
     out["lexical_weight"] = score.lexical_weight
     if plot:
-        plot_curve(scores, labels, plot, f"{Path(path).name}: AP {out['ap']:.3f}", xlabel=f"{score.describe()} threshold")
+        plot_curve(scores, labels, plot, f"{Path(path).name}: AP {out['ap']:.3f}", xlabel=f"{score.describe()} threshold",
+                   xmin=0.0 if score.lexical else None)
     return out

@@ -147,7 +147,7 @@ def quality(args: argparse.Namespace) -> None:
                        else default.combine(scores["cosine"][n], scores["jaccard"][n]) for n in SETS}
     for name in SETS:
         plot_curve(scores["bellm"][name], labels[name], ROOT / "docs" / f"dedup_curve_{name}.png",
-                   f"{name} (bellm-search default)", xlabel=f"{default.describe()} threshold")
+                   f"{name} (bellm-search default)", xlabel=f"{default.describe()} threshold", xmin=0.0)
     methods = ("bellm", "cosine", "minhash", "jaccard")
     print(f"\nbellm = the default pair score {default.describe()}; cosine = the encoder alone")
     rule = f"mean precision >= {args.min_precision}" if args.min_precision else None
