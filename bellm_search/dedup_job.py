@@ -253,7 +253,7 @@ def find_clusters(coll: Any, threshold: float, k: int = 10, keep: str = "first",
     return Clusters(members, kept, mx, mn, (pi, pj, ps)), live, ej[exact]
 
 
-LEXICAL_CACHE_DOCS = 200_000  # shingle sets held at once (~10 KB each); past it the cache restarts
+LEXICAL_CACHE_DOCS = 200_000  # documents whose shingle sets are held at once; past it the cache restarts
 
 
 def rescore(coll: Any, pi: np.ndarray, pj: np.ndarray, cosine: np.ndarray, score: PairScore,
