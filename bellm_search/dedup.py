@@ -21,6 +21,9 @@ from bellm_search.errors import ConfigError
 
 KeepPolicy = Literal["first", "longest", "shortest"]  # plus "field:NAME", see parse_keep
 KEEP_POLICIES = ("first", "longest", "shortest")
+# record key of a re-keyed (promoted) document: the int id it arrived with, i.e. its place in
+# arrival order, which its new int id no longer gives (see Writer.promote_duplicates)
+SEEN = "_seen"
 
 # Social-media patterns (compiled constants, no state).
 _RT_PREFIX = re.compile(r"^\s*RT\b\s*(?:@\w+)?\s*:?\s*")
@@ -366,7 +369,8 @@ def choose_keep(members: Any, policy: str,
                 records: Mapping[int, dict] | Callable[[int], dict] | None = None) -> int:
     """The id to keep in one cluster.
 
-    first: smallest id (first seen). longest / shortest: by ``len(record["text"])`` (missing
+    first: first seen: the smallest id, or a promoted copy's arrival id (``record["_seen"]``)
+    when ``records`` are given. longest / shortest: by ``len(record["text"])`` (missing
     text counts as ""). field:NAME: largest ``record[NAME]``; a missing, None or NaN value ranks
     below every present value. Every tie goes to the smallest id. ``records`` maps an id to its
     record, or is a function returning it; it is not needed for ``first``.
@@ -375,11 +379,13 @@ def choose_keep(members: Any, policy: str,
     ids = sorted(int(m) for m in np.asarray(members).ravel())
     if not ids:
         raise ValueError("choose_keep needs at least one member")
-    if kind == "first":
+    if kind == "first" and records is None:
         return ids[0]
     if records is None:
         raise ValueError(f"keep policy {policy!r} needs the members' records")
     get = records.__getitem__ if isinstance(records, Mapping) else records
+    if kind == "first":
+        return min(ids, key=lambda i: (int((get(i) or {}).get(SEEN, i)), i))
     if kind == "longest":
         return max(ids, key=lambda i: _text_len(get(i)))
     if kind == "shortest":

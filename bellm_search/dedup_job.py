@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bellm_search.dedup import (COSINE_FLOOR, PairScore, all_cluster_scores, choose_keep, clusters_from_pairs,
+from bellm_search.dedup import (COSINE_FLOOR, SEEN, PairScore, all_cluster_scores, choose_keep, clusters_from_pairs,
                                 pair_jaccards, parse_keep)
 
 log = logging.getLogger(__name__)
@@ -288,6 +288,8 @@ def _doc_getter(coll: Any) -> Any:
         if int_id not in cache:
             doc = coll.store.get_doc(int(int_id)) or {}
             cache[int_id] = {"text": doc.get("text", ""), **doc.get("meta", {})}
+            if SEEN in doc:  # a promoted copy: its arrival order (see choose_keep)
+                cache[int_id][SEEN] = doc[SEEN]
         return cache[int_id]
 
     return get

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator
 import lmdb
 import numpy as np
 
+from bellm_search.dedup import SEEN
 from bellm_search.errors import CollectionError
 
 log = logging.getLogger(__name__)
@@ -558,6 +559,7 @@ class Writer:
             source_id = record.pop("id")
             record.pop("dup_of", None)
             record.pop("dup_score", None)
+            record[SEEN] = int(record.get(SEEN, old))  # its arrival order, for --keep first
             vector = s.get_vectors([first])[0]
             self.delete(old)
             new = self.add_doc(source_id, record, text_hash=h, vector=vector, replaces=old)

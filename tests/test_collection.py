@@ -103,12 +103,13 @@ def test_deleting_a_first_copy_promotes_its_earliest_exact_copy(tmp_path, togeth
     assert hit.metadata == ({} if together else {"shop": "y"}) and enc.calls == calls  # nothing re-encoded
     assert coll.index.ntotal == 2 and coll.store.count() == (2 if together else 3)
     assert coll.check()["problems"] == []
-    if not together:  # the other copy now points at the promoted one (which took a new int id,
-        # so --keep first sees it as the newer of the two)
+    if not together:  # the other copy now points at the promoted one, which took a new int id but
+        # keeps its arrival order: --keep first still keeps it, not the copy that came after it
         assert coll.store.get_doc(coll.store.lookup_key("c"))["dup_of"] == coll.store.lookup_key("b")
+        assert coll.store.lookup_key("b") > coll.store.lookup_key("c")
         res = run_dedup(coll, threshold=0.99, output=tmp_path / "out.jsonl")
         assert (res.clusters, res.removed) == (1, 1)
-        assert '"keep": "c", "members": ["c", "b"]' in (tmp_path / "out.jsonl").read_text()
+        assert '"keep": "b", "members": ["c", "b"]' in (tmp_path / "out.jsonl").read_text()
     coll.ingest([{"id": "x", "text": "BIG sale today!"}])  # the text hash moved with the vector
     assert coll.store.get_doc(coll.store.lookup_key("x"))["dup_of"] == coll.store.lookup_key(first)
     coll.close()

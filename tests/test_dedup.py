@@ -230,3 +230,12 @@ def test_choose_keep_errors():
         choose_keep([], "first")
     with pytest.raises(ConfigError):
         choose_keep([1], "biggest", RECORDS)
+
+
+def test_keep_first_uses_a_promoted_copys_arrival_order():
+    from bellm_search.dedup import SEEN
+
+    records = {3: {"text": "a"}, 7: {"text": "b", SEEN: 1}, 5: {"text": "c"}}
+    assert choose_keep([3, 5, 7], "first") == 3  # ids only: the smallest
+    assert choose_keep([3, 5, 7], "first", records) == 7  # 7 arrived as 1
+    assert choose_keep([3, 5], "first", records) == 3
