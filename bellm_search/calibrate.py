@@ -78,11 +78,10 @@ def pair_scores(pairs: list[Any], cosine: np.ndarray, score: PairScore) -> np.nd
 def evaluate_pairs(path: str, fmt: str, encoder_options: dict[str, Any], plot: Path | None = None,
                    limit: int | None = None, encoder: Any = None,
                    lexical_weight: float | None = None) -> dict[str, Any]:
-    from bellm_search.dedup_job import default_score
+    from bellm_search.dedup_job import score_with
     from bellm_search.encoder.encode import Encoder
 
-    calibrated = default_score()
-    score = calibrated if lexical_weight is None else PairScore(lexical_weight, calibrated.cosine_floor)
+    score = score_with(lexical_weight)
     pairs = read_pairs(path, fmt)[:limit]  # type: ignore[arg-type]
     encoder = encoder or Encoder(**encoder_options)
     scores = pair_scores(pairs, cosine_scores(pairs, encoder), score)

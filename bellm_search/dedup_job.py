@@ -81,19 +81,26 @@ def default_score() -> PairScore:
     return PairScore(float(cal.get("lexical_weight", 0.0)), float(cal.get("cosine_floor", COSINE_FLOOR)))
 
 
+def score_with(lexical_weight: float | None) -> PairScore:
+    """The calibrated pair score, or the same score with another lexical weight."""
+    calibrated = default_score()
+    if lexical_weight is None or lexical_weight == calibrated.lexical_weight:
+        return calibrated
+    return PairScore(lexical_weight, calibrated.cosine_floor)
+
+
 def resolve_scoring(threshold: float | None, lexical_weight: float | None) -> tuple[float, PairScore]:
     """The (threshold, score) a dedup uses: the calibrated pair, or the user's choices. A
     threshold only means something for its score, so a non-default lexical weight without a
     threshold is refused, except 0 (pure cosine), which has its own calibrated threshold."""
     from bellm_search.errors import ConfigError
 
-    calibrated = default_score()
-    if lexical_weight is None or lexical_weight == calibrated.lexical_weight:
-        score = calibrated
+    score = score_with(lexical_weight)
+    if score == default_score():
         return (default_threshold() if threshold is None else threshold), score
-    score = PairScore(lexical_weight, calibrated.cosine_floor)
     if threshold is None:
-        if lexical_weight != 0.0:
+        if score.lexical:
+            calibrated = default_score()
             raise ConfigError(f"--lexical-weight {lexical_weight:g} has no calibrated threshold: give --threshold "
                               f"(calibrated: --lexical-weight {calibrated.lexical_weight:g} --threshold "
                               f"{default_threshold():g}, or --lexical-weight 0 for pure cosine)")

@@ -100,7 +100,7 @@ def choose_weight(cos: dict[str, np.ndarray], jac: dict[str, np.ndarray], labels
 
 
 def quality(args: argparse.Namespace) -> None:
-    from bellm_search.calibrate import cosine_scores, pair_scores, plot_curve
+    from bellm_search.calibrate import cosine_scores, plot_curve
     from bellm_search.collection import adapter_sha256
     from bellm_search.dedup import PairScore
     from bellm_search.encoder.resolve import resolve_config
@@ -143,8 +143,8 @@ def quality(args: argparse.Namespace) -> None:
     floor = args.cosine_floor
     w, t_mixed, _ = choose_weight(scores["cosine"], scores["jaccard"], labels, args.min_precision, floor)
     default = PairScore(w, floor)
-    scores["bellm"] = {n: pair_scores(pairs_of[n], scores["cosine"][n], default) if not reuse
-                       else default.combine(scores["cosine"][n], scores["jaccard"][n]) for n in SETS}
+    # the exact 5-gram Jaccards computed above are the mixed score's lexical part
+    scores["bellm"] = {n: default.combine(scores["cosine"][n], scores["jaccard"][n]) for n in SETS}
     for name in SETS:
         plot_curve(scores["bellm"][name], labels[name], ROOT / "docs" / f"dedup_curve_{name}.png",
                    f"{name} (bellm-search default)", xlabel=f"{default.describe()} threshold", xmin=0.0)
