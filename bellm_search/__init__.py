@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:  # lazy: importing the package must not impor
 
         return EncoderConfig
     if name == "Collection":
-        from bellm_search.collection import Collection
+        from bellm_search.collection.core import Collection
 
         return Collection
     raise AttributeError(f"module 'bellm_search' has no attribute {name!r}")

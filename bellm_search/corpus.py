@@ -188,3 +188,8 @@ def utf8_encodable(value: Any) -> bool:
 
 def read_texts(path: str, options: CorpusOptions, stats: ReadStats | None = None) -> list[str]:
     return [r.text for r in read_corpus(path, options, stats)]
+
+
+# record key of a re-keyed (promoted) document: the int id it arrived with, i.e. its place in
+# arrival order, which its new int id no longer gives (see store.Writer.promote_duplicates)
+SEEN = "_seen"

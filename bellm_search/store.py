@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator
 import lmdb
 import numpy as np
 
-from bellm_search.dedup import SEEN
+from bellm_search.corpus import SEEN
 from bellm_search.errors import CollectionError
 
 log = logging.getLogger(__name__)

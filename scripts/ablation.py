@@ -39,7 +39,7 @@ def command(row: dict, steps: int, train_layers: int) -> str:
 def main() -> int:
     import torch
 
-    from bellm_search.encoder.train import TrainConfig, train
+    from bellm_search.training.loop import TrainConfig, train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)

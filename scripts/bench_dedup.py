@@ -86,7 +86,7 @@ def choose_weight(cos: dict[str, np.ndarray], jac: dict[str, np.ndarray], labels
                   target: float | None, floor: float) -> tuple[float, float, float]:
     """(w, threshold, mean F1): the lexical weight on a 0.1 grid (0 < w < 1) whose operating point --
     the precision rule when ``target`` is given, else the max-mean-F1 threshold -- has the best mean F1."""
-    from bellm_search.dedup import PairScore
+    from bellm_search.pairs.score import PairScore
 
     best = (-1.0, 0.0, 0.0)
     for w in np.round(np.arange(0.1, 0.95, 0.1), 2):
@@ -100,11 +100,11 @@ def choose_weight(cos: dict[str, np.ndarray], jac: dict[str, np.ndarray], labels
 
 
 def quality(args: argparse.Namespace) -> None:
-    from bellm_search.calibrate import cosine_scores, plot_curve
-    from bellm_search.collection import adapter_sha256
-    from bellm_search.dedup import PairScore
+    from bellm_search.eval.pairs import cosine_scores, plot_curve
+    from bellm_search.collection.core import adapter_sha256
+    from bellm_search.pairs.score import PairScore
     from bellm_search.encoder.resolve import resolve_config
-    from bellm_search.evaluation import average_precision, best_f1, jaccard_scores, minhash_scores, read_pairs
+    from bellm_search.eval.metrics import average_precision, best_f1, jaccard_scores, minhash_scores, read_pairs
 
     sha = adapter_sha256(resolve_config().adapter)
     cache = ROOT / "runs" / "dedup_scores.npz"
@@ -206,9 +206,9 @@ def quality(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- scale
 def _dedup_worker(path: str, threshold: float, weight: float, queue: mp.Queue) -> None:
-    from bellm_search.collection import Collection
-    from bellm_search.dedup import PairScore
-    from bellm_search.dedup_job import default_score, find_clusters
+    from bellm_search.collection.core import Collection
+    from bellm_search.pairs.score import PairScore
+    from bellm_search.dedup.job import default_score, find_clusters
     from fakes_free import NoEncoder  # type: ignore
 
     score = PairScore(weight, default_score().cosine_floor)
@@ -249,7 +249,7 @@ def exact_mixed_pairs(vecs: np.ndarray, ids: np.ndarray, texts: dict[int, str], 
     Flat range search), rescored with the texts; the pairs scoring >= threshold."""
     import faiss
 
-    from bellm_search.dedup import pair_jaccards
+    from bellm_search.pairs.score import pair_jaccards
 
     t = time.perf_counter()
     index = faiss.IndexFlatIP(vecs.shape[1])
@@ -271,9 +271,9 @@ def exact_mixed_pairs(vecs: np.ndarray, ids: np.ndarray, texts: dict[int, str], 
 def scale(args: argparse.Namespace) -> None:
     from embed_tweets import tweets
 
-    from bellm_search.collection import Collection
-    from bellm_search.dedup_job import resolve_scoring
-    from bellm_search.index import IndexConfig
+    from bellm_search.collection.core import Collection
+    from bellm_search.dedup.job import resolve_scoring
+    from bellm_search.index.faiss_index import IndexConfig
 
     vecs_all = np.load(args.vectors).astype(np.float32)
     texts = tweets()[:len(vecs_all)]
@@ -340,7 +340,7 @@ def main() -> None:
     ap.add_argument("--lexical-weight", type=float, default=None, help="scale: 0 = pure cosine (default: calibrated)")
     args = ap.parse_args()
     if args.cosine_floor is None:
-        from bellm_search.dedup import COSINE_FLOOR
+        from bellm_search.pairs.score import COSINE_FLOOR
 
         args.cosine_floor = COSINE_FLOOR
     if args.part in ("quality", "all"):

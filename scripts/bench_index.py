@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bellm_search.index import (IndexConfig, VectorIndex, choose_factory, rerank,  # noqa: E402
+from bellm_search.index.faiss_index import (IndexConfig, VectorIndex, choose_factory, rerank,  # noqa: E402
                                 training_sample, training_size)
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 def main() -> None:
     from embed_tweets import tweets
 
-    from bellm_search.collection import Collection
+    from bellm_search.collection.core import Collection
     from bellm_search.encoder.encode import Encoder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

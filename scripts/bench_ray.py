@@ -51,8 +51,8 @@ def run_local(texts: list[str], threads: int | None) -> tuple[dict, np.ndarray]:
 def run_ray(corpus: Path, out: Path, encoders: int, batch_size: int) -> tuple[dict, np.ndarray]:
     import ray
 
-    from bellm_search import shards
-    from bellm_search.distributed import embed_with_ray
+    from bellm_search.distributed import shards
+    from bellm_search.distributed.ray_embed import embed_with_ray
 
     start = time.perf_counter()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level=logging.WARNING,

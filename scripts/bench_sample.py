@@ -19,8 +19,8 @@ DATA = Path(__file__).resolve().parents[1] / "bellm_search" / "data"
 
 
 def main() -> None:
-    from bellm_search.dedup import pair_jaccards
-    from bellm_search.dedup_job import default_cosine_threshold, default_score, default_threshold
+    from bellm_search.pairs.score import pair_jaccards
+    from bellm_search.dedup.job import default_cosine_threshold, default_score, default_threshold
     from bellm_search.encoder.encode import Encoder
 
     posts = [json.loads(line) for line in (DATA / "sample_posts.jsonl").read_text().splitlines() if line.strip()]

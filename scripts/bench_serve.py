@@ -40,7 +40,7 @@ from typing import Iterator
 import httpx
 import numpy as np
 
-from bellm_search.server import ServerSettings
+from bellm_search.serve.app import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTS = ROOT / "bellm_search" / "data" / "sample_posts.jsonl"
@@ -68,10 +68,10 @@ class CostModelEncoder:
 
 
 def serve_fake(path: str, options: str) -> None:
-    """The server process of --fake: bellm_search.server with the cost-model encoder."""
+    """The server process of --fake: bellm_search.serve.app with the cost-model encoder."""
     import logging
 
-    from bellm_search.server import ServerSettings, run_server
+    from bellm_search.serve.app import ServerSettings, run_server
 
     opts = json.loads(options)
     encoder = CostModelEncoder(opts.pop("fixed_s"), opts.pop("per_text_s"))
@@ -85,7 +85,7 @@ def read_posts() -> list[dict]:
 
 
 def build_collection(path: Path, posts: list[dict], fake: bool) -> float:
-    from bellm_search.collection import Collection
+    from bellm_search.collection.core import Collection
 
     start = time.perf_counter()
     encoder = CostModelEncoder() if fake else None
@@ -106,7 +106,7 @@ def server(path: Path, batching: bool, fake: tuple[float, float] | None, log_pat
         cmd = [sys.executable, __file__, "--serve-fake", str(path),
                json.dumps({**opts, "fixed_s": fake[0], "per_text_s": fake[1]})]
     else:
-        cmd = [sys.executable, "-m", "bellm_search.server", "--collection", str(path), "--port", "0",
+        cmd = [sys.executable, "-m", "bellm_search.serve.app", "--collection", str(path), "--port", "0",
                "--timeout", "600", "--max-queue", "100000", "--max-batch", str(max_batch),
                "--max-wait-ms", str(max_wait_ms)] + ([] if batching else ["--no-batching"])
     with server_process(cmd, log_path) as (url, _):

@@ -38,7 +38,7 @@ def one(n: int, chunk: int, queue: mp.Queue) -> None:
     from bench_dedup import _StubEncoder
     from embed_tweets import tweets
 
-    from bellm_search.collection import Collection
+    from bellm_search.collection.core import Collection
 
     vecs = np.load(VECTORS, mmap_mode="r")
     texts = tweets()[:n or len(vecs)]

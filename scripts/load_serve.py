@@ -13,7 +13,7 @@ at most --max-growth-mb. The last stdout line is a JSON object of the figures; t
 when there were errors or the memory was not stable.
 
 By default the encoder is a FAKE (hash-seeded vectors, no model, optional --encoder-ms sleep per
-call): the server process is the real one (``bellm_search.server.run_server``, what ``bellm-search
+call): the server process is the real one (``bellm_search.serve.app.run_server``, what ``bellm-search
 serve`` runs: uvicorn, middlewares, micro-batcher, collection under the read/write lock), so the
 figures measure the server, not the model. --real serves with ``bellm-search serve`` and the
 embedded model instead (then the encoder dominates; use fewer requests).
@@ -71,7 +71,7 @@ class HashEncoder:
 
 def serve_fake(path: str, options: str) -> None:
     """The server process with the fake encoder (started by this script with --serve-fake)."""
-    from bellm_search.server import ServerSettings, run_server
+    from bellm_search.serve.app import ServerSettings, run_server
 
     opts = json.loads(options)
     encoder = HashEncoder(call_s=opts.pop("encoder_ms") / 1000)
@@ -85,7 +85,7 @@ def read_posts() -> list[dict]:
 
 
 def build_collection(path: Path, posts: list[dict], real: bool) -> None:
-    from bellm_search.collection import Collection
+    from bellm_search.collection.core import Collection
 
     with Collection.create(path, encoder=None if real else HashEncoder()) as coll:
         coll.ingest(posts)
@@ -96,7 +96,7 @@ def server(path: Path, args: argparse.Namespace, log_path: Path) -> Iterator[tup
     """The server process on a free loopback port; yields (URL, pid) once /health answers."""
     if args.real:
         exe = Path(sys.executable).with_name("bellm-search")
-        cmd = ([str(exe), "serve"] if exe.is_file() else [sys.executable, "-m", "bellm_search.server"])
+        cmd = ([str(exe), "serve"] if exe.is_file() else [sys.executable, "-m", "bellm_search.serve.app"])
         cmd += ["--collection", str(path), "--host", "127.0.0.1", "--port", "0", "--timeout", "600"]
     else:
         options = {"port": 0, "timeout_s": 600.0, "encoder_ms": args.encoder_ms}

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import FakeEncoder  # noqa: E402
 
-from bellm_search.collection import MANIFEST, Collection  # noqa: E402
+from bellm_search.collection.core import MANIFEST, Collection  # noqa: E402
 
 
 def main(path: str, n: int, chunk: int, delay: float) -> None:

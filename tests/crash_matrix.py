@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from fakes import FakeEncoder, base_vector, near  # noqa: E402
 
-from bellm_search.collection import MANIFEST, Collection  # noqa: E402
+from bellm_search.collection.core import MANIFEST, Collection  # noqa: E402
 
 NEAR_COS = 0.985  # planted near duplicates: cosine to the post they vary
 
@@ -62,7 +62,7 @@ def run_op(spec: dict[str, Any], encoder: FakeEncoder | None = None) -> Any:
     op, path = spec["op"], Path(spec["path"])
     if op == "ingest":  # cli.ingest: open or create, read the corpus lazily, ingest in chunks
         from bellm_search.corpus import CorpusOptions, ReadStats, read_corpus
-        from bellm_search.index import IndexConfig
+        from bellm_search.index.faiss_index import IndexConfig
 
         enc = encoder or encoder_for(spec["corpus"])
         if (path / MANIFEST).is_file():
@@ -79,7 +79,7 @@ def run_op(spec: dict[str, Any], encoder: FakeEncoder | None = None) -> Any:
         with Collection.open(path) as coll:
             return coll.delete(spec["ids"])
     if op == "dedup":  # cli.dedup without CORPUS: open_collection(target) then run_dedup
-        from bellm_search.dedup_job import run_dedup
+        from bellm_search.dedup.job import run_dedup
 
         with Collection.open(path) as coll:
             return run_dedup(coll, spec["threshold"], spec.get("k", 10), spec.get("keep", "first"), None,
@@ -95,7 +95,10 @@ def install_points(spec: dict[str, Any]) -> None:
     """Wrap the durable steps so each reports itself, may sleep, and may be the kill point."""
     import faiss
 
-    from bellm_search import collection, dedup_job, index, store
+    from bellm_search import store
+    from bellm_search.collection import core as collection
+    from bellm_search.dedup import job as dedup_job
+    from bellm_search.index import faiss_index as index
 
     sleeps: dict[str, float] = spec.get("sleep", {})
     kill = spec.get("kill")

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import FakeEncoder  # noqa: E402
 
-from bellm_search.server import ServerSettings, run_server  # noqa: E402
+from bellm_search.serve.app import ServerSettings, run_server  # noqa: E402
 
 SLEEP_S = 2.5
 

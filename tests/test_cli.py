@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from bellm_search.cli import collection_path, main
+from bellm_search.cli.main import collection_path, main
 from bellm_search.errors import CollectionError
 
 
@@ -25,7 +25,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 def test_help_imports_no_heavy_library():
     code = (
         "import sys\n"
-        "from bellm_search.cli import main\n"
+        "from bellm_search.cli.main import main\n"
         "for args in (['--help'], ['ingest', '--help'], ['query', '--help'], ['dedup', '--help'], ['eval', 'sts', '--help']):\n"
         "    try:\n"
         "        main(args)\n"

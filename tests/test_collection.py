@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bellm_search.collection import Collection, parse_where
+from bellm_search.collection.core import Collection, parse_where
 from bellm_search.errors import CollectionError
-from bellm_search.index import IndexConfig
+from bellm_search.index.faiss_index import IndexConfig
 from fakes import FakeEncoder
 
 HERE = Path(__file__).parent
@@ -86,7 +86,7 @@ def test_delete_never_comes_back(tmp_path):
 
 @pytest.mark.parametrize("together", [False, True])
 def test_deleting_a_first_copy_promotes_its_earliest_exact_copy(tmp_path, together):
-    from bellm_search.dedup_job import run_dedup
+    from bellm_search.dedup.job import run_dedup
 
     enc = FakeEncoder()
     coll = Collection.create(tmp_path / "c", encoder=enc, normalize_social=True)
@@ -174,7 +174,7 @@ def test_open_missing_or_corrupt(tmp_path):
 def test_index_catches_up_after_crash_between_commit_and_save(tmp_path):
     coll, _ = make(tmp_path, n=20)
     # simulate: records committed to LMDB but the index never saved (process died)
-    from bellm_search.collection import IngestStats, to_record
+    from bellm_search.collection.core import IngestStats, to_record
 
     coll._ingest_chunk([to_record(d, i) for i, d in enumerate(docs(30)[20:])], IngestStats(), coll.index, None)
     coll.close()

@@ -45,8 +45,8 @@ import numpy as np
 import pytest
 
 import crash_matrix as cm
-from bellm_search.collection import INDEX_FILE, MANIFEST, META_DIR, Collection, read_manifest
-from bellm_search.index import IndexConfig, VectorIndex, _ivf
+from bellm_search.collection.core import INDEX_FILE, MANIFEST, META_DIR, Collection, read_manifest
+from bellm_search.index.faiss_index import IndexConfig, VectorIndex, _ivf
 
 HERE = Path(__file__).parent
 WORKER = HERE / "crash_matrix.py"

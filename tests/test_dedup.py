@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bellm_search.dedup import (UnionFind, all_cluster_scores, choose_keep, cluster_scores,
-                                clusters_from_pairs, normalize_text, parse_keep, text_hash)
+from bellm_search.dedup.graph import UnionFind, all_cluster_scores, cluster_scores, clusters_from_pairs
+from bellm_search.dedup.keep import choose_keep, parse_keep
+from bellm_search.pairs.normalize import normalize_text, text_hash
 from bellm_search.errors import ConfigError
 
 
@@ -233,7 +234,7 @@ def test_choose_keep_errors():
 
 
 def test_keep_first_uses_a_promoted_copys_arrival_order():
-    from bellm_search.dedup import SEEN
+    from bellm_search.corpus import SEEN
 
     records = {3: {"text": "a"}, 7: {"text": "b", SEEN: 1}, 5: {"text": "c"}}
     assert choose_keep([3, 5, 7], "first") == 3  # ids only: the smallest

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bellm_search.collection import Collection
-from bellm_search.dedup_job import find_clusters, run_dedup
+from bellm_search.collection.core import Collection
+from bellm_search.dedup.job import find_clusters, run_dedup
 from bellm_search.errors import ConfigError
-from bellm_search.index import IndexConfig
+from bellm_search.index.faiss_index import IndexConfig
 from fakes import FakeEncoder, base_vector, near
 
 THRESHOLD = 0.9
@@ -102,7 +102,7 @@ def test_deleted_documents_never_appear(tmp_path):
 
 @pytest.mark.parametrize("budget", [0, 1 << 30])  # 0: the collection's IVF-PQ index; else in-memory IVF-Flat
 def test_works_on_ivfpq_collection(tmp_path, monkeypatch, budget):
-    import bellm_search.dedup_job as job
+    import bellm_search.dedup.job as job
 
     monkeypatch.setattr(job, "MEMORY_BUDGET", budget)
     table, records = planted()
@@ -117,7 +117,7 @@ def test_works_on_ivfpq_collection(tmp_path, monkeypatch, budget):
 
 
 def test_blocked_path_matches_exact(tmp_path, monkeypatch):
-    import bellm_search.dedup_job as job
+    import bellm_search.dedup.job as job
 
     coll = make(tmp_path)
     exact, _, _ = find_clusters(coll, THRESHOLD, k=5)
@@ -140,13 +140,13 @@ def test_streaming_rejects_planted_near_duplicates(tmp_path):
 
 
 def test_dedup_nlist_is_about_sqrt_n():
-    from bellm_search.dedup_job import dedup_nlist
+    from bellm_search.dedup.job import dedup_nlist
 
     assert [dedup_nlist(n) for n in (1, 100, 50_000, 1_000_000)] == [1, 8, 256, 1024]
 
 
 def test_blocked_pairs_against_brute_force():
-    from bellm_search.dedup_job import blocked_pairs
+    from bellm_search.dedup.job import blocked_pairs
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((40, 32)).astype(np.float32)
@@ -165,7 +165,7 @@ def test_blocked_pairs_against_brute_force():
 
 # ----------------------------------------------------------------------------- mixed lexical score
 def test_pair_score_mixes_cosine_and_jaccard_above_the_floor_only():
-    from bellm_search.dedup import PairScore
+    from bellm_search.pairs.score import PairScore
 
     s = PairScore(0.6, cosine_floor=0.6)
     got = s.combine([0.9, 0.9, 0.59, 0.9], [1.0, 0.0, 1.0, np.nan])
@@ -197,8 +197,8 @@ def lexical_corpus():
 
 @pytest.mark.parametrize("blocked", [False, True])
 def test_mixed_score_links_lexical_copies_and_splits_lookalike_vectors(tmp_path, monkeypatch, blocked):
-    import bellm_search.dedup_job as job
-    from bellm_search.dedup import PairScore
+    import bellm_search.dedup.job as job
+    from bellm_search.pairs.score import PairScore
 
     if blocked:  # the k-means-blocked candidate search of large collections
         monkeypatch.setattr(job, "EXACT_SEARCH_MAX", 0)
@@ -220,10 +220,10 @@ def test_mixed_score_links_lexical_copies_and_splits_lookalike_vectors(tmp_path,
 
 
 def test_run_dedup_uses_the_calibrated_pair_score_and_refuses_uncalibrated_weights(tmp_path):
-    from bellm_search.dedup import PairScore
-    from bellm_search.dedup_job import default_cosine_threshold, default_score, default_threshold, resolve_scoring
+    from bellm_search.pairs.score import PairScore
+    from bellm_search.dedup.job import default_cosine_threshold, default_score, default_threshold, resolve_scoring
 
-    cal = json.loads((Path(job_file()).with_name("calibration.json")).read_text())
+    cal = json.loads((Path(job_file()).resolve().parent.parent / "calibration.json").read_text())
     assert default_score().lexical_weight == cal["lexical_weight"] and default_threshold() == cal["threshold"]
     assert resolve_scoring(None, None) == (cal["threshold"], default_score())
     t, s = resolve_scoring(None, 0.0)  # pure cosine has its own calibrated threshold
@@ -240,14 +240,14 @@ def test_run_dedup_uses_the_calibrated_pair_score_and_refuses_uncalibrated_weigh
 
 
 def job_file():
-    import bellm_search.dedup_job as job
+    import bellm_search.dedup.job as job
 
     return job.__file__
 
 
 def test_rescore_is_the_same_when_the_shingle_cache_restarts(tmp_path, monkeypatch):
-    import bellm_search.dedup_job as job
-    from bellm_search.dedup import PairScore
+    import bellm_search.dedup.job as job
+    from bellm_search.pairs.score import PairScore
 
     table, records = lexical_corpus()
     coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True)

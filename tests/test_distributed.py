@@ -11,10 +11,10 @@ import pytest
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from bellm_search import shards  # noqa: E402
-from bellm_search.collection import Collection  # noqa: E402
+from bellm_search.distributed import shards  # noqa: E402
+from bellm_search.collection.core import Collection  # noqa: E402
 from bellm_search.corpus import CorpusOptions, read_corpus  # noqa: E402
-from bellm_search.distributed import (  # noqa: E402
+from bellm_search.distributed.ray_embed import (  # noqa: E402
     GivenVectors, ShardWriter, embed_with_ray, encoder_cpus, import_ray, ingest_from_embeddings)
 from bellm_search.errors import CollectionError, ConfigError, CorpusError, MissingDependency  # noqa: E402
 
@@ -121,7 +121,7 @@ def test_from_embeddings_round_trip_and_resume(embedded, tmp_path, corpus):
 def test_ingest_with_ray_chains_embedding_and_ingest_in_a_temporary_folder(embedded, tmp_path, opts, monkeypatch):
     import shutil
 
-    import bellm_search.distributed as distributed
+    import bellm_search.distributed.ray_embed as distributed
 
     seen = {}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bellm_search.errors import ConfigError, CorpusError
-from bellm_search.evaluation import (Pair, StsPair, average_precision, best_f1, char_shingles,
+from bellm_search.eval.metrics import (Pair, StsPair, average_precision, best_f1, char_shingles,
                                      jaccard, jaccard_scores, minhash_scores, pr_curve,
                                      rankdata, read_pairs, read_sts, spearman)
 
@@ -284,9 +284,9 @@ def test_minhash_scores_estimate_jaccard():
 
 def test_eval_pair_scores_match_what_dedup_scores(tmp_path):
     """`eval dedup` scores labelled pairs with the same mixed score as `dedup` (cosine given)."""
-    from bellm_search.calibrate import evaluate_pairs, pair_scores
-    from bellm_search.dedup import PairScore
-    from bellm_search.evaluation import Pair
+    from bellm_search.eval.pairs import evaluate_pairs, pair_scores
+    from bellm_search.pairs.score import PairScore
+    from bellm_search.eval.metrics import Pair
 
     pairs = [Pair("Big sale today", "RT @x: big  SALE today", 1), Pair("cats", "dogs", 0)]
     cos = np.array([0.7, 0.9])

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bellm_search import corpus
-from bellm_search.collection import Collection
+from bellm_search.collection.core import Collection
 from bellm_search.corpus import MAX_JSON_DEPTH, CorpusOptions, ReadStats, read_corpus
 from bellm_search.errors import CorpusError
 from fakes import FakeEncoder
@@ -306,7 +306,7 @@ def test_ingesting_a_fuzzed_corpus_stores_exactly_the_valid_lines(data):
 def api(tmp_path_factory):
     from starlette.testclient import TestClient
 
-    from bellm_search.server import ServerSettings, create_app
+    from bellm_search.serve.app import ServerSettings, create_app
 
     path = tmp_path_factory.mktemp("fuzz-api") / "coll"
     coll = Collection.create(path, encoder=FakeEncoder())

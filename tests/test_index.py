@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bellm_search import index as ix
+from bellm_search.index import faiss_index as ix
 from bellm_search.errors import CollectionError, ConfigError
-from bellm_search.index import (IndexConfig, VectorIndex, choose_factory, choose_nlist,
+from bellm_search.index.faiss_index import (IndexConfig, VectorIndex, choose_factory, choose_nlist,
                                 choose_pq_m, rerank, training_size)
 
 D = 64

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bellm_search.collection import Collection
-from bellm_search.dedup_job import find_clusters
+from bellm_search.collection.core import Collection
+from bellm_search.dedup.job import find_clusters
 
 pytestmark = pytest.mark.integration
 DATA = Path(__file__).resolve().parents[1] / "bellm_search" / "data"

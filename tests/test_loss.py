@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bellm_search.encoder.loss import (
+from bellm_search.training.loss import (
     LossWeights,
     angle_loss,
     angle_objective,

@@ -1,6 +1,6 @@
 """Resources: a full disk (or a file size limit) during `bellm-search ingest`.
 
-The ingest runs the real CLI entry point (``bellm_search.cli.main``) in a subprocess, with the
+The ingest runs the real CLI entry point (``bellm_search.cli.main.main``) in a subprocess, with the
 fake encoder put in place of the model (no torch). The disk fills up (a) through
 RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail with EFBIG, applied from the start (LMDB
 commits fail mid-ingest), when the index is saved, or when the manifest is written; (b) on a
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bellm_search.collection import Collection
+from bellm_search.collection.core import Collection
 from fakes import FakeEncoder
 
 HERE = Path(__file__).parent
@@ -42,8 +42,8 @@ fake = types.ModuleType("bellm_search.encoder.encode")
 fake.Encoder = Encoder
 sys.modules["bellm_search.encoder.encode"] = fake
 
-import bellm_search.collection as collection
-import bellm_search.index as index
+import bellm_search.collection.core as collection
+import bellm_search.index.faiss_index as index
 
 def limit_files():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
@@ -72,7 +72,7 @@ elif when == "manifest":
         write(*args, **kwargs)
     collection.write_json_atomic = limited_write
 
-from bellm_search.cli import main
+from bellm_search.cli.main import main
 main(sys.argv[1:])
 '''
 
@@ -225,7 +225,7 @@ def test_a_full_disk_under_the_server_is_a_507_and_it_serves_on(tmp_path, monkey
 
     from starlette.testclient import TestClient
 
-    from bellm_search.server import create_app
+    from bellm_search.serve.app import create_app
 
     coll = Collection.create(tmp_path / "c", encoder=FakeEncoder())
     coll.ingest([{"id": "a", "text": "first post"}])

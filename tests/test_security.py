@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bellm_search.cli import collection_path, main
-from bellm_search.collection import MANIFEST, Collection
+from bellm_search.cli.main import collection_path, main
+from bellm_search.collection.core import MANIFEST, Collection
 from bellm_search.errors import BellmError, CollectionError
 from fakes import FakeEncoder
 
@@ -99,8 +99,8 @@ class Boom:
 
 def test_a_pickled_embedding_shard_is_refused_without_unpickling(tmp_path, capsys):
     pytest.importorskip("pyarrow")
-    from bellm_search import shards
-    from bellm_search.distributed import encoder_record
+    from bellm_search.distributed import shards
+    from bellm_search.distributed.ray_embed import encoder_record
 
     texts = ["one", "two"]
     root = tmp_path / "shards"
@@ -119,7 +119,7 @@ def test_a_pickled_embedding_shard_is_refused_without_unpickling(tmp_path, capsy
 
 def test_a_pickled_torch_file_is_refused_without_unpickling(tmp_path):
     torch = pytest.importorskip("torch")
-    from bellm_search.encoder.train import StateCache
+    from bellm_search.training.loop import StateCache
 
     marker = tmp_path / "unpickled"
     path = tmp_path / "evil.pt"

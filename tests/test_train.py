@@ -10,7 +10,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from bellm_search.encoder.train import (
+from bellm_search.training.loop import (
     TrainConfig,
     build_model,
     full_forward,
@@ -108,8 +108,8 @@ def test_k1_equals_causal_with_last_pooling(tmp_path, tiny_llama):
 
 def test_training_writes_an_adapter_the_encoder_loads(tmp_path, tiny_llama):
     from bellm_search.encoder import Encoder
-    from bellm_search.evaluation import read_sts
-    from bellm_search.train_cli import sts_score
+    from bellm_search.eval.metrics import read_sts
+    from bellm_search.cli.train import sts_score
 
     dev = write_dev(tmp_path / "dev.jsonl")
     out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), lora_dropout=0.0))
@@ -205,7 +205,7 @@ def test_config_validation(tmp_path):
 
 
 def cli_app() -> typer.Typer:
-    from bellm_search.train_cli import eval_sts_command, train_command
+    from bellm_search.cli.train import eval_sts_command, train_command
 
     app = typer.Typer()
     eval_app = typer.Typer()
@@ -258,8 +258,8 @@ def test_resume_with_fewer_steps_exports_the_checkpoint(tmp_path, tiny_llama):
 
 def test_dev_every_keeps_the_best_adapter(tmp_path, tiny_llama):
     from bellm_search.encoder import Encoder
-    from bellm_search.evaluation import read_sts
-    from bellm_search.train_cli import sts_score
+    from bellm_search.eval.metrics import read_sts
+    from bellm_search.cli.train import sts_score
 
     dev = write_dev(tmp_path / "dev.jsonl")
     out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), dev_every=2, max_steps=6, lora_dropout=0.0))

@@ -44,7 +44,7 @@ from bellm_search.encoder.loading import (
     resolve_model,
     write_adapter_json,
 )
-from bellm_search.encoder.loss import LossWeights, angle_objective
+from bellm_search.training.loss import LossWeights, angle_objective
 from bellm_search.encoder.pooling import pool
 from bellm_search.errors import ConfigError, CorpusError
 
@@ -419,7 +419,7 @@ class Run:
 
     @torch.no_grad()
     def dev_score(self) -> float | None:
-        from bellm_search.evaluation import spearman
+        from bellm_search.eval.metrics import spearman
 
         if not self.dev_pairs:
             return None
@@ -433,7 +433,7 @@ class Run:
 
 
 def prepare_run(cfg: TrainConfig) -> Run:
-    from bellm_search.evaluation import read_sts
+    from bellm_search.eval.metrics import read_sts
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

@@ -24,7 +24,7 @@ def _note(message: str) -> None:
 
 
 def _targets(value: str) -> tuple[str, ...]:
-    from bellm_search.encoder.train import ALL_LINEAR
+    from bellm_search.training.loop import ALL_LINEAR
 
     if value in ("all-linear", "all"):
         return ALL_LINEAR
@@ -70,7 +70,7 @@ def train_command(
     """Train a BeLLM LoRA adapter with the AnglE loss; OUTPUT becomes a complete adapter folder."""
     import torch
 
-    from bellm_search.encoder.train import TrainConfig, train
+    from bellm_search.training.loop import TrainConfig, train
 
     if threads:
         torch.set_num_threads(threads)
@@ -98,7 +98,7 @@ def sts_score(pairs: list, encoder: Any) -> float:
     """Spearman x 100 of cosine(text1, text2) vs the gold scores."""
     import numpy as np
 
-    from bellm_search.evaluation import spearman
+    from bellm_search.eval.metrics import spearman
 
     texts = list(dict.fromkeys([p.text1 for p in pairs] + [p.text2 for p in pairs]))
     row = {t: i for i, t in enumerate(texts)}
@@ -123,7 +123,7 @@ def eval_sts_command(
 ) -> None:
     """Spearman x 100 of cosine similarity vs gold scores on an STS file."""
     from bellm_search.encoder import Encoder
-    from bellm_search.evaluation import read_sts
+    from bellm_search.eval.metrics import read_sts
 
     pairs = read_sts(file, fmt)  # type: ignore[arg-type]
     if len(pairs) < 2:

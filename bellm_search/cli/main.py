@@ -102,7 +102,7 @@ def embed(
     if engine == "ray":
         if output_dir is None:
             raise ConfigError("--engine ray writes shards: give --output-dir DIR")
-        from bellm_search.distributed import embed_with_ray
+        from bellm_search.distributed.ray_embed import embed_with_ray
 
         summary = embed_with_ray(list(input), output_dir, opts, address=address, num_encoders=num_encoders,
                                  gpus_per_encoder=gpus_per_encoder, text_field=text_field, id_field=id_field,
@@ -119,7 +119,7 @@ def embed(
 
 def _embed_local(input: str, output: Path, text_field: str, skip_invalid: bool, opts: dict[str, Any], as_json: bool) -> None:
     from bellm_search.corpus import CorpusOptions, ReadStats, read_texts
-    from bellm_search.embedding import encode_to_npy
+    from bellm_search.encoder.to_npy import encode_to_npy
 
     stats = ReadStats()
     texts = read_texts(input, CorpusOptions(text_field=text_field, skip_invalid=skip_invalid), stats)
@@ -169,7 +169,7 @@ def collection_path(value: str | None) -> Path:
 
 
 def open_collection(value: str | None, *, readonly: bool = False, **encoder_opts: Any) -> Any:
-    from bellm_search.collection import Collection
+    from bellm_search.collection.core import Collection
 
     return Collection.open(collection_path(value), readonly=readonly, **encoder_opts)
 
@@ -200,7 +200,7 @@ def ingest(
     no_wait: NoWaitOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Add documents to a collection (created on first use). Re-running resumes: known ids are skipped."""
-    from bellm_search.collection import Collection, MANIFEST
+    from bellm_search.collection.core import Collection, MANIFEST
     from bellm_search.corpus import CorpusOptions, ReadStats, read_corpus
 
     path = collection_path(collection)
@@ -238,7 +238,7 @@ def ingest(
 
 def _ingest_distributed(path, corpora, from_embeddings, engine, opts, text_field, id_field, skip_invalid,
                         chunk_size, normalize, near, address, num_encoders, gpus, wait, as_json) -> None:
-    from bellm_search import distributed
+    from bellm_search.distributed import ray_embed as distributed
     from bellm_search.errors import ConfigError
 
     if from_embeddings is not None:
@@ -275,7 +275,7 @@ def query(
     as_json: JsonOpt = False,
 ) -> None:
     """Search a collection: the k nearest documents to each query."""
-    from bellm_search.collection import parse_where
+    from bellm_search.collection.core import parse_where
     from bellm_search.errors import ConfigError
 
     if (text is None) == (file is None):
@@ -359,7 +359,7 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a collection (index checksum and count, id maps); --repair rebuilds the index."""
-    from bellm_search.collection import Collection
+    from bellm_search.collection.core import Collection
 
     path = collection_path(collection)
     with Collection.open(path, readonly=not repair) as coll:
@@ -398,8 +398,8 @@ def dedup(
     import shutil
     import tempfile
 
-    from bellm_search.dedup import parse_keep
-    from bellm_search.dedup_job import run_dedup
+    from bellm_search.dedup.keep import parse_keep
+    from bellm_search.dedup.job import run_dedup
     from bellm_search.errors import ConfigError
 
     if emit_ not in ("clusters", "keep", "remove", "pairs"):
@@ -407,7 +407,7 @@ def dedup(
     parse_keep(keep)
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise ConfigError("--threshold is a similarity score in [-1, 1]")
-    from bellm_search.dedup_job import resolve_scoring
+    from bellm_search.dedup.job import resolve_scoring
 
     resolve_scoring(threshold, lexical_weight)  # a threshold-less non-default weight fails before any ingest
     temp = tempfile.mkdtemp(prefix="bellm-dedup-") if corpus and not collection else None
@@ -444,7 +444,7 @@ def eval_dedup(
     as_json: JsonOpt = False,
 ) -> None:
     """Calibrate duplicate detection on labelled pairs: AP, P/R/F1 over thresholds, best-F1 threshold."""
-    from bellm_search.calibrate import evaluate_pairs
+    from bellm_search.eval.pairs import evaluate_pairs
 
     opts = encoder_options(model, adapter, bidirectional_layers, pooling, prompt, max_length, batch_size, device, dtype)
     report = evaluate_pairs(pairs, fmt, opts, plot=plot, limit=limit, lexical_weight=lexical_weight)
@@ -462,7 +462,7 @@ def eval_dedup(
 
 # ----------------------------------------------------------------------------- training and STS
 def _register_training() -> None:
-    from bellm_search.train_cli import eval_sts_command, train_command
+    from bellm_search.cli.train import eval_sts_command, train_command
 
     app.command("train", help="Train a BeLLM LoRA adapter (AnglE loss) on NLI triples or scored pairs.")(train_command)
     eval_app.command("sts", help="Spearman x100 of cosine vs gold scores (STS-B TSV or JSONL).")(eval_sts_command)
@@ -472,7 +472,7 @@ _register_training()
 
 
 def _register_serve() -> None:
-    from bellm_search.server import serve_command
+    from bellm_search.serve.app import serve_command
 
     app.command("serve", help="Serve a collection over HTTP (FastAPI on uvicorn) with micro-batched encoding.")(serve_command)
 

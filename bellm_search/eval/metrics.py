@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bellm_search.dedup import char_shingles, jaccard  # noqa: F401  (re-exported: the lexical baseline)
+from bellm_search.pairs.normalize import char_shingles, jaccard
 from bellm_search.errors import ConfigError, CorpusError, MissingDependency
 
 PairFormat = Literal["auto", "jsonl", "twitter-url", "pit2015", "mrpc"]

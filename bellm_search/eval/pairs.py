@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from bellm_search.dedup import PairScore, pair_jaccards
-from bellm_search.evaluation import average_precision, best_f1, pr_curve, read_pairs
+from bellm_search.pairs.score import PairScore, pair_jaccards
+from bellm_search.eval.metrics import average_precision, best_f1, pr_curve, read_pairs
 
 
 def cosine_scores(pairs: list[Any], encoder: Any) -> np.ndarray:
@@ -78,7 +78,7 @@ def pair_scores(pairs: list[Any], cosine: np.ndarray, score: PairScore) -> np.nd
 def evaluate_pairs(path: str, fmt: str, encoder_options: dict[str, Any], plot: Path | None = None,
                    limit: int | None = None, encoder: Any = None,
                    lexical_weight: float | None = None) -> dict[str, Any]:
-    from bellm_search.dedup_job import score_with
+    from bellm_search.dedup.job import score_with
     from bellm_search.encoder.encode import Encoder
 
     score = score_with(lexical_weight)

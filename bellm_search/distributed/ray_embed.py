@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from bellm_search import __version__
-from bellm_search.collection import IngestStats
+from bellm_search.collection.core import IngestStats
 from bellm_search.config import EMBEDDED_MODEL, EncoderConfig
 from bellm_search.corpus import CorpusOptions, ReadStats, read_corpus
 from bellm_search.errors import BellmError, CollectionError, ConfigError, CorpusError, MissingDependency
-from bellm_search import shards
+from bellm_search.distributed import shards
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _as_config(encoder: dict[str, Any] | EncoderConfig) -> EncoderConfig:
 
 def encoder_record(config: EncoderConfig) -> dict[str, Any]:
     """The encoder as a collection manifest records it (identity + how to rebuild)."""
-    from bellm_search.collection import _encoder_record
+    from bellm_search.collection.core import _encoder_record
 
     return _encoder_record(config)
 
@@ -381,7 +381,7 @@ def config_from_record(record: dict[str, Any]) -> EncoderConfig:
 
 def check_same_space(ours: dict[str, Any], theirs: dict[str, Any], what: str) -> None:
     """Refuse vectors from another encoder: compare the identity keys of two encoder records."""
-    from bellm_search.collection import IDENTITY_KEYS
+    from bellm_search.collection.core import IDENTITY_KEYS
 
     diff = {k: (ours.get(k), theirs.get(k)) for k in IDENTITY_KEYS if ours.get(k) != theirs.get(k)}
     if diff:
@@ -391,7 +391,7 @@ def check_same_space(ours: dict[str, Any], theirs: dict[str, Any], what: str) ->
 
 def _open_or_create(path: Path, info: dict[str, Any], encoder_options: dict[str, Any] | EncoderConfig | None,
                     normalize_social: bool) -> Any:
-    from bellm_search.collection import MANIFEST, Collection, encoder_identity
+    from bellm_search.collection.core import MANIFEST, Collection, encoder_identity
 
     if (path / MANIFEST).is_file():
         if isinstance(encoder_options, EncoderConfig):
@@ -450,7 +450,7 @@ def ingest_with_ray(collection_path: Path, inputs: list[str], *, encoder_options
                     wait: bool = True) -> tuple[dict[str, Any], IngestStats]:
     """``ingest --engine ray``: embed with Ray into shards, then ingest them. Without ``shards_dir``
     the shards go to a temporary folder beside the collection, removed afterwards."""
-    from bellm_search.collection import MANIFEST, Collection
+    from bellm_search.collection.core import MANIFEST, Collection
 
     collection_path = Path(collection_path)
     if (collection_path / MANIFEST).is_file():  # embed with the collection's own encoder

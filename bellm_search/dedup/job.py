@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bellm_search.dedup import (COSINE_FLOOR, SEEN, PairScore, all_cluster_scores, choose_keep, clusters_from_pairs,
-                                pair_jaccards, parse_keep)
+from bellm_search.pairs.score import COSINE_FLOOR, PairScore, pair_jaccards
+from bellm_search.corpus import SEEN
+from bellm_search.dedup.graph import all_cluster_scores, clusters_from_pairs
+from bellm_search.dedup.keep import choose_keep, parse_keep
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class Clusters:
 
 
 def _calibration() -> dict[str, Any]:
-    path = Path(__file__).with_name("calibration.json")
+    path = Path(__file__).resolve().parent.parent / "calibration.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -165,7 +167,7 @@ def blocked_pairs(ids: np.ndarray, vecs: np.ndarray, threshold: float, k: int, p
     blocks, at most k per vector and block (its best later rows); exact inner products from dense
     block products (BLAS).
     Near duplicates sit next to each other, so they share a nearest block."""
-    from bellm_search.index import kmeans, nearest_centroids, training_sample
+    from bellm_search.index.faiss_index import kmeans, nearest_centroids, training_sample
 
     n = len(ids)
     nblocks = dedup_nlist(n)
@@ -326,7 +328,7 @@ def run_dedup(coll: Any, threshold: float | None = None, k: int = 10, keep: str 
 def write_output(coll: Any, found: Clusters, live: np.ndarray, removed: np.ndarray, path: Path, emit: Emit) -> None:
     """JSONL clusters/pairs or one source id per line, written to a temp file then renamed
     (so the output is complete or absent); temp files of killed earlier runs are removed."""
-    from bellm_search.collection import remove_stale_temps
+    from bellm_search.collection.core import remove_stale_temps
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import numpy as np
 from bellm_search import __version__
 from bellm_search.config import EMBEDDED_MODEL, EncoderConfig
 from bellm_search.corpus import Record
-from bellm_search.dedup import text_hash
+from bellm_search.pairs.normalize import text_hash
 from bellm_search.errors import CollectionError
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class Collection:
     """Create with ``Collection.create(path)``, open with ``Collection.open(path)``."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], readonly: bool, encoder_config: EncoderConfig) -> None:
-        from bellm_search.index import IndexConfig
+        from bellm_search.index.faiss_index import IndexConfig
         from bellm_search.store import Store
 
         self.path = path
@@ -200,7 +200,7 @@ class Collection:
                normalize_social: bool = False, exist_ok: bool = False, **encoder_options: Any) -> "Collection":
         """A new empty collection. ``encoder``: an Encoder, an EncoderConfig or None (options)."""
         from bellm_search.encoder.resolve import resolve_config
-        from bellm_search.index import IndexConfig
+        from bellm_search.index.faiss_index import IndexConfig
 
         path = Path(path)
         if (path / MANIFEST).is_file():
@@ -268,7 +268,7 @@ class Collection:
         return self._index
 
     def _load_index(self) -> Any:
-        from bellm_search.index import VectorIndex
+        from bellm_search.index.faiss_index import VectorIndex
 
         state = self.manifest["index"]
         if (self.path / INDEX_FILE).is_file() and state.get("factory"):
@@ -291,7 +291,7 @@ class Collection:
 
     def _build_index(self, factory: str | None) -> Any:
         """A fresh index from the stored vectors (no re-encoding); trained on a seeded sample."""
-        from bellm_search.index import VectorIndex, choose_factory, training_sample, training_size
+        from bellm_search.index.faiss_index import VectorIndex, choose_factory, training_sample, training_size
 
         n = self.store.num_vectors()
         chosen = factory or choose_factory(n, self.dim, self.index_config)
@@ -494,7 +494,7 @@ class Collection:
     # ------------------------------------------------------------------ search
     def _search_vectors(self, xq: np.ndarray, k: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, int ids); IVF candidates over-fetched and re-ranked with stored vectors."""
-        from bellm_search.index import rerank
+        from bellm_search.index.faiss_index import rerank
 
         index = self.index
         if "IVF" not in index.factory:
@@ -566,7 +566,7 @@ class Collection:
     def reindex(self, factory: str | None = None, nlist: int | None = None, m: int | None = None,
                 opq: bool | None = None, wait: bool = True) -> dict[str, Any]:
         """Rebuild the index from the stored vectors (no re-encoding) with new settings."""
-        from bellm_search.index import IndexConfig
+        from bellm_search.index.faiss_index import IndexConfig
 
         self._check_writable()
         cfg = self.index_config.to_dict()
@@ -634,7 +634,7 @@ class Collection:
         return problems[:50]
 
     def _check_index(self) -> list[str]:
-        from bellm_search.index import VectorIndex
+        from bellm_search.index.faiss_index import VectorIndex
 
         state, file = self.manifest["index"], self.path / INDEX_FILE
         if not state.get("factory"):
@@ -713,7 +713,7 @@ def _check_manifest_types(file: Path, manifest: dict[str, Any]) -> None:
     """Every field the code reads has its type (integers >= 0 and bounded), so a corrupt or hand-edited
     manifest is a one-line error here rather than a crash later."""
     from bellm_search.errors import ConfigError
-    from bellm_search.index import IndexConfig
+    from bellm_search.index.faiss_index import IndexConfig
 
     for section, types in _MANIFEST_TYPES.items():
         fields = manifest if section is None else manifest[section]

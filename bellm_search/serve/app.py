@@ -241,8 +241,8 @@ class Service:
     def __init__(self, coll: Any, settings: ServerSettings) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from bellm_search.batcher import MicroBatcher
-        from bellm_search.dedup_job import default_cosine_threshold
+        from bellm_search.serve.batcher import MicroBatcher
+        from bellm_search.dedup.job import default_cosine_threshold
 
         self.coll = coll
         self.settings = settings
@@ -497,7 +497,7 @@ def _error_handlers(app: Any) -> None:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    from bellm_search.batcher import BatcherClosed, Overloaded
+    from bellm_search.serve.batcher import BatcherClosed, Overloaded
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Any, exc: RequestValidationError) -> Any:
@@ -600,7 +600,7 @@ def bind(host: str, port: int) -> socket.socket:
 def run_server(path: Path, settings: ServerSettings, encoder: Any = None, **encoder_options: Any) -> None:
     """Open the collection (writable; ``encoder`` may be any object with ``encode``/``config``/``dim``),
     load the encoder and index, then serve until SIGINT/SIGTERM."""
-    from bellm_search.collection import Collection
+    from bellm_search.collection.core import Collection
 
     settings.validate()
     sock = bind(settings.host, settings.port)  # first: a taken port fails before the model loads
@@ -650,7 +650,7 @@ def serve_command(
     device: Annotated[Optional[str], typer.Option("--device", help="Encoder device: auto | cpu | cuda | cuda:N")] = None,
 ) -> None:
     """Serve a collection over HTTP (FastAPI): query, embed, near-duplicates, add and delete documents."""
-    from bellm_search.cli import collection_path
+    from bellm_search.cli.main import collection_path
 
     settings = ServerSettings(host=host, port=port, api_key=api_key or None, batching=not no_batching,
                               max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
@@ -672,7 +672,7 @@ def _require_serve_extra() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m bellm_search.server``: the same command as ``bellm-search serve``."""
+    """``python -m bellm_search.serve.app``: the same command as ``bellm-search serve``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "peft", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
