@@ -1,0 +1,49 @@
+"""Hashed character shingles: each text's n-grams (of its social-normalised form) as a sorted
+array of unique uint64 hashes, computed once at ingest and stored; Jaccard over two such arrays
+is exact up to 64-bit hash collisions. Pure numpy."""
+from __future__ import annotations
+
+import numpy as np
+
+from bellm_search.pairs.normalize import normalize_text
+
+SHINGLE = 5
+_PRIME = np.uint64(0x100000001B3)        # FNV-64 prime: the polynomial base of the rolling hash
+_MIX = np.uint64(0x9E3779B97F4A7C15)      # golden-ratio multiplier: spreads the low bits
+EMPTY = np.zeros(0, dtype=np.uint64)
+
+
+def shingle_hashes(text: str, n: int = SHINGLE) -> np.ndarray:
+    """Sorted unique uint64 hashes of the character n-grams of ``normalize_text(text, social=True)``.
+
+    The same sets as ``char_shingles`` (a text shorter than n is one shingle; one that normalises
+    to "" has none), hashed: hash = sum_k c[i+k] * P^(n-1-k) mod 2^64, then mixed."""
+    if n < 1:
+        raise ValueError(f"shingle size must be >= 1, got {n}")
+    norm = normalize_text(text, social=True)
+    if not norm:
+        return EMPTY
+    codes = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    width = min(n, len(codes))
+    h = np.zeros(len(codes) - width + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(width):
+            h = h * _PRIME + codes[k:len(codes) - width + 1 + k]
+        h = (h ^ (h >> np.uint64(29))) * _MIX
+    return np.unique(h)
+
+
+def to_bytes(hashes: np.ndarray) -> bytes:
+    return np.ascontiguousarray(hashes, dtype="<u8").tobytes()
+
+
+def from_bytes(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<u8")
+
+
+def hashed_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|a & b| / |a | b| of two sorted unique hash arrays; two empty ones are identical (1.0)."""
+    if len(a) == 0 and len(b) == 0:
+        return 1.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
