@@ -106,7 +106,7 @@ def server(path: Path, batching: bool, fake: tuple[float, float] | None, log_pat
         cmd = [sys.executable, __file__, "--serve-fake", str(path),
                json.dumps({**opts, "fixed_s": fake[0], "per_text_s": fake[1]})]
     else:
-        cmd = [sys.executable, "-m", "bellm_search.serve.app", "--collection", str(path), "--port", "0",
+        cmd = [sys.executable, "-m", "bellm_search.cli.main", "serve", "--collection", str(path), "--port", "0",
                "--timeout", "600", "--max-queue", "100000", "--max-batch", str(max_batch),
                "--max-wait-ms", str(max_wait_ms)] + ([] if batching else ["--no-batching"])
     with server_process(cmd, log_path) as (url, _):

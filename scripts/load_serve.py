@@ -96,7 +96,7 @@ def server(path: Path, args: argparse.Namespace, log_path: Path) -> Iterator[tup
     """The server process on a free loopback port; yields (URL, pid) once /health answers."""
     if args.real:
         exe = Path(sys.executable).with_name("bellm-search")
-        cmd = ([str(exe), "serve"] if exe.is_file() else [sys.executable, "-m", "bellm_search.serve.app"])
+        cmd = ([str(exe), "serve"] if exe.is_file() else [sys.executable, "-m", "bellm_search.cli.main", "serve"])
         cmd += ["--collection", str(path), "--host", "127.0.0.1", "--port", "0", "--timeout", "600"]
     else:
         options = {"port": 0, "timeout_s": 600.0, "encoder_ms": args.encoder_ms}

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from bellm_search.cli.main import collection_path, main
+from bellm_search.cli.main import main
+from bellm_search.cli.options import collection_path
 from bellm_search.errors import CollectionError
 
 

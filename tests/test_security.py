@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bellm_search.cli.main import collection_path, main
+from bellm_search.cli.main import main
+from bellm_search.cli.options import collection_path
 from bellm_search.collection.core import MANIFEST, Collection
 from bellm_search.errors import BellmError, CollectionError
 from fakes import FakeEncoder

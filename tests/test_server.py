@@ -204,7 +204,7 @@ def test_safety_helpers():
 def test_registering_the_command_imports_nothing_heavy():
     code = (
         "import sys, typer\n"
-        "from bellm_search.serve.app import serve_command\n"
+        "from bellm_search.cli.serve import serve_command\n"
         "app = typer.Typer(); app.command('serve')(serve_command); app.command('other')(lambda: None)\n"
         "try:\n    app(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'torch', 'faiss', 'numpy') if m in sys.modules))\n"
@@ -215,7 +215,7 @@ def test_registering_the_command_imports_nothing_heavy():
 
 
 def test_non_loopback_without_key_refuses_to_start(tmp_path):
-    base = [sys.executable, "-m", "bellm_search.serve.app", "--collection", str(tmp_path / "none"), "--host", "0.0.0.0"]
+    base = [sys.executable, "-m", "bellm_search.cli.main", "serve", "--collection", str(tmp_path / "none"), "--host", "0.0.0.0"]
     env_free = {k: v for k, v in os.environ.items() if k != "BELLM_API_KEY"}
     res = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, env=env_free, timeout=60)
     assert res.returncode == 1 and "refusing to listen on '0.0.0.0' without an API key" in res.stderr
@@ -482,7 +482,7 @@ def test_api_key_is_required_everywhere_but_health(secured):
 def test_module_entry_serves_a_real_model_collection(tmp_path, tiny_llama):
     path = tmp_path / "real"
     Collection.create(path, model=str(tiny_llama), adapter="none").close()
-    cmd = [sys.executable, "-m", "bellm_search.serve.app", "--collection", str(path), "--port", "0", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "bellm_search.cli.main", "serve", "--collection", str(path), "--port", "0", "--device", "cpu"]
     with running(cmd, tmp_path / "server.log") as url, httpx.Client(base_url=url, timeout=60) as client:
         new = [{"id": "g", "text": "a man is playing guitar"}, {"id": "s", "text": "the stock market crashed today"}]
         assert client.post("/documents", json={"documents": new}).json()["added"] == 2

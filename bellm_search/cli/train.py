@@ -1,8 +1,4 @@
-"""`bellm-search train` and `bellm-search eval sts`: plain functions with Typer signatures.
-
-cli.py registers them (``app.command("train")(train_command)``,
-``eval_app.command("sts")(eval_sts_command)``). Heavy imports stay inside the bodies.
-"""
+"""``bellm-search train`` and ``eval sts``. Heavy imports stay inside the bodies."""
 from __future__ import annotations
 
 import json
@@ -12,15 +8,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from bellm_search.cli.options import (
+    AdapterOpt, BatchOpt, BidirOpt, DeviceOpt, DTypeOpt, JsonOpt, MaxLenOpt, ModelOpt, PoolingOpt, PromptOpt,
+    encoder_options,
+)
+from bellm_search.cli.output import emit, note
 from bellm_search.errors import ConfigError
-
-
-def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
-    typer.echo(json.dumps(data, ensure_ascii=False) if as_json else text)
-
-
-def _note(message: str) -> None:
-    typer.echo(message, err=True)
 
 
 def _targets(value: str) -> tuple[str, ...]:
@@ -37,7 +30,7 @@ def _targets(value: str) -> tuple[str, ...]:
 def train_command(
     data: Annotated[Path, typer.Option("--data", help="Training JSONL: {anchor, positive[, negative]} or {text1, text2, score} rows.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Adapter folder to write (peft files + bellm_adapter.json).")],
-    model: Annotated[Optional[str], typer.Option("--model", help="Base model: local folder or hub id (default: embedded SmolLM2-135M-Instruct).")] = None,
+    model: ModelOpt = None,
     bidirectional_layers: Annotated[int, typer.Option("--bidirectional-layers", help="Top layers made bidirectional (0 = causal).", min=0)] = 4,
     pooling: Annotated[str, typer.Option("--pooling", help="last | mean")] = "last",
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt with {text}; default: the BeLLM prompt for last pooling, {text} for mean.")] = None,
@@ -65,7 +58,7 @@ def train_command(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).", min=1)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train a BeLLM LoRA adapter with the AnglE loss; OUTPUT becomes a complete adapter folder."""
     import torch
@@ -90,8 +83,8 @@ def train_command(
                "seconds": round(time.perf_counter() - start, 1), "final_loss": meta["final_loss"],
                "dev_spearman": meta["dev_spearman"]}
     dev_text = "" if meta["dev_spearman"] is None else f", dev Spearman {meta['dev_spearman']:.2f}"
-    _note(f"trained {meta['steps']} steps in {meta['train_seconds']:.0f}s{dev_text}")
-    _emit(summary, as_json, f"adapter written to {folder}")
+    note(f"trained {meta['steps']} steps in {meta['train_seconds']:.0f}s{dev_text}")
+    emit(summary, as_json, f"adapter written to {folder}")
 
 
 def sts_score(pairs: list, encoder: Any) -> float:
@@ -109,17 +102,11 @@ def sts_score(pairs: list, encoder: Any) -> float:
 
 def eval_sts_command(
     file: Annotated[Path, typer.Argument(help="STS file: STS-B TSV (score in column 4, sentences in 5-6) or JSONL {text1, text2, score}.")],
-    model: Annotated[Optional[str], typer.Option("--model", help="Base model: local folder or hub id (default: embedded SmolLM2-135M-Instruct).")] = None,
-    adapter: Annotated[Optional[str], typer.Option("--adapter", help="LoRA adapter folder ('none' = no adapter; default: the shipped BeLLM adapter).")] = None,
-    bidirectional_layers: Annotated[Optional[int], typer.Option("--bidirectional-layers", help="Top layers made bidirectional (0 = causal).", min=0)] = None,
-    pooling: Annotated[Optional[str], typer.Option("--pooling", help="last | mean")] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt with {text}; default is the BeLLM prompt for last pooling.")] = None,
-    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Max tokens per text (longer texts are truncated).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Max texts per encoder batch.")] = None,
+    model: ModelOpt = None, adapter: AdapterOpt = None, bidirectional_layers: BidirOpt = None,
+    pooling: PoolingOpt = None, prompt: PromptOpt = None, max_length: MaxLenOpt = None, batch_size: BatchOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="auto | stsb | jsonl")] = "auto",
-    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+    device: DeviceOpt = None, dtype: DTypeOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Spearman x 100 of cosine similarity vs gold scores on an STS file."""
     from bellm_search.encoder import Encoder
@@ -128,15 +115,14 @@ def eval_sts_command(
     pairs = read_sts(file, fmt)  # type: ignore[arg-type]
     if len(pairs) < 2:
         raise ConfigError(f"{file}: need at least 2 scored pairs")
-    given = dict(model=model, adapter=adapter, bidirectional_layers=bidirectional_layers, pooling=pooling,
-                 prompt=prompt, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype)
     start = time.perf_counter()
-    encoder = Encoder(**{k: v for k, v in given.items() if v is not None})
+    encoder = Encoder(**encoder_options(model, adapter, bidirectional_layers, pooling, prompt, max_length,
+                                        batch_size, device, dtype))
     score = sts_score(pairs, encoder)
     seconds = time.perf_counter() - start
     cfg = encoder.config
     result = {"file": str(file), "pairs": len(pairs), "spearman": round(score, 2), "model": cfg.model,
               "adapter": cfg.adapter, "bidirectional_layers": cfg.bidirectional_layers,
               "pooling": cfg.pooling, "seconds": round(seconds, 1)}
-    _note(f"{len(pairs)} pairs, {seconds:.1f}s")
-    _emit(result, as_json, f"Spearman x 100: {score:.2f}")
+    note(f"{len(pairs)} pairs, {seconds:.1f}s")
+    emit(result, as_json, f"Spearman x 100: {score:.2f}")

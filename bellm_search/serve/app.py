@@ -19,14 +19,11 @@ import ipaddress
 import json
 import logging
 import socket
-import sys
 import threading
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
-
-import typer
 
 from bellm_search.errors import BellmError, ConfigError
 
@@ -627,63 +624,3 @@ def _serve(app: Any, sock: socket.socket, path: Path, settings: ServerSettings) 
              "required" if settings.api_key else "off")
     uvicorn.Server(config).run(sockets=[sock])
 
-
-def serve_command(
-    collection: Annotated[Optional[str], typer.Option(
-        "--collection", "-c", envvar="BELLM_COLLECTION",
-        help="Collection: a name under indexes/ or a path (default indexes/default; env BELLM_COLLECTION).")] = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but loopback requires an API key.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port (0 = any free port; the log line says which).")] = 8000,
-    api_key: Annotated[Optional[str], typer.Option(
-        "--api-key", envvar="BELLM_API_KEY", show_default=False,
-        help="Require 'Authorization: Bearer KEY' or 'X-API-Key: KEY' on every request but /health "
-             "(prefer the env var BELLM_API_KEY: a flag is visible in the process list).")] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Most texts per micro-batched encoder call.", min=1)] = 64,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="Longest wait for more requests before an encoder call (only when more are expected).", min=0)] = 5.0,
-    no_batching: Annotated[bool, typer.Option("--no-batching", help="One encoder call per request (for comparison).")] = False,
-    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body (413 beyond).", min=1)] = 1_000_000,
-    max_texts: Annotated[int, typer.Option("--max-texts", help="Most texts or documents per request (413 beyond).", min=1)] = 256,
-    max_text_chars: Annotated[int, typer.Option("--max-text-chars", help="Longest text in characters (413 beyond).", min=1)] = 20_000,
-    max_k: Annotated[int, typer.Option("--max-k", help="Largest k (422 beyond).", min=1)] = 1000,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a request may take, queueing included (503 beyond).", min=0.001)] = 30.0,
-    max_queue: Annotated[int, typer.Option("--max-queue", help="Texts waiting for the encoder before requests get 503.", min=1)] = 4096,
-    device: Annotated[Optional[str], typer.Option("--device", help="Encoder device: auto | cpu | cuda | cuda:N")] = None,
-) -> None:
-    """Serve a collection over HTTP (FastAPI): query, embed, near-duplicates, add and delete documents."""
-    from bellm_search.cli.main import collection_path
-
-    settings = ServerSettings(host=host, port=port, api_key=api_key or None, batching=not no_batching,
-                              max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                              max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars,
-                              max_k=max_k, timeout_s=timeout)
-    settings.validate()  # before anything slow: an unsafe bind fails at once
-    _require_serve_extra()
-    run_server(collection_path(collection), settings, **({"device": device} if device else {}))
-
-
-def _require_serve_extra() -> None:
-    from bellm_search.errors import MissingDependency
-
-    for module in ("fastapi", "uvicorn"):
-        try:
-            __import__(module)
-        except ImportError:
-            raise MissingDependency(module, "serve") from None
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m bellm_search.serve.app``: the same command as ``bellm-search serve``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "peft", "faiss"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(serve_command)
-    try:
-        app(args=argv, prog_name="bellm-search serve")
-    except BellmError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,77 @@
+"""``bellm-search embed`` and ``prepare-model``."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from bellm_search.cli.options import (
+    AdapterOpt, AddressOpt, BatchOpt, BidirOpt, DeviceOpt, DTypeOpt, EngineOpt, GpusOpt, IdFieldOpt, JsonOpt,
+    MaxLenOpt, ModelOpt, NumEncodersOpt, PoolingOpt, PromptOpt, SkipInvalidOpt, TextFieldOpt, encoder_options,
+)
+from bellm_search.cli.output import emit, note
+
+
+def embed(
+    input: Annotated[list[str], typer.Argument(help="Corpus: .jsonl, .txt (one text per line) or - for stdin (ray: several files or globs).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the float32 .npy (n, dim).")] = None,
+    text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = "id",
+    skip_invalid: SkipInvalidOpt = False,
+    engine: EngineOpt = "local",
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="ray: shards folder (emb/*.npy + meta/*.parquet).")] = None,
+    address: AddressOpt = None, num_encoders: NumEncodersOpt = 1, gpus_per_encoder: GpusOpt = 0.0,
+    model: ModelOpt = None, adapter: AdapterOpt = None, bidirectional_layers: BidirOpt = None,
+    pooling: PoolingOpt = None, prompt: PromptOpt = None, max_length: MaxLenOpt = None,
+    batch_size: BatchOpt = None, device: DeviceOpt = None, dtype: DTypeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Embed every text of INPUT into OUTPUT.npy (one row per valid line, in input order), or into
+    embedding shards with --engine ray."""
+    from bellm_search.errors import ConfigError
+
+    opts = encoder_options(model, adapter, bidirectional_layers, pooling, prompt, max_length, None, device, dtype)
+    if engine == "ray":
+        if output_dir is None:
+            raise ConfigError("--engine ray writes shards: give --output-dir DIR")
+        from bellm_search.distributed.ray_embed import embed_with_ray
+
+        summary = embed_with_ray(list(input), output_dir, opts, address=address, num_encoders=num_encoders,
+                                 gpus_per_encoder=gpus_per_encoder, text_field=text_field, id_field=id_field,
+                                 batch_size=batch_size or 256, skip_invalid=skip_invalid)
+        note(f"embedded {summary['rows']} texts -> {output_dir} ({summary['shards']} shards, {summary['seconds']:.1f}s)")
+        emit(summary, as_json)
+        return
+    if engine != "local":
+        raise ConfigError(f"--engine {engine!r}: use local or ray")
+    if output is None or len(input) != 1:
+        raise ConfigError("the local engine embeds one INPUT into --output FILE.npy")
+    _embed_local(input[0], output, text_field, skip_invalid, {**opts, **({"batch_size": batch_size} if batch_size else {})}, as_json)
+
+
+def _embed_local(input: str, output: Path, text_field: str, skip_invalid: bool, opts: dict[str, Any], as_json: bool) -> None:
+    from bellm_search.corpus import CorpusOptions, ReadStats, read_texts
+    from bellm_search.encoder.to_npy import encode_to_npy
+
+    stats = ReadStats()
+    texts = read_texts(input, CorpusOptions(text_field=text_field, skip_invalid=skip_invalid), stats)
+    start = time.perf_counter()
+    shape, truncated = encode_to_npy(texts, output, opts)
+    seconds = time.perf_counter() - start
+    summary = {"output": str(output), "rows": shape[0], "dim": shape[1], "invalid_lines": stats.invalid,
+               "truncated": truncated, "seconds": round(seconds, 3)}
+    for problem in stats.problems:
+        note(f"skipped {problem}")
+    note(f"embedded {shape[0]} texts -> {output} ({shape[1]} dims, {seconds:.1f}s, "
+         f"{stats.invalid} invalid lines skipped, {truncated} truncated)")
+    emit(summary, as_json)
+
+
+def prepare_model(as_json: JsonOpt = False) -> None:
+    """Convert the embedded SmolLM2-135M-Instruct GGUF into a cached bf16 folder (once)."""
+    from bellm_search.encoder.loading import prepare_embedded
+
+    path = prepare_embedded()
+    emit({"path": str(path)}, as_json, f"embedded model ready: {path}")
