@@ -14,7 +14,11 @@ Named DBs (int ids are 8-byte big-endian keys, so cursor order = id order):
     tombs    int id -> b"" for deleted documents
     dupof    int id -> (int64 first copy, float32 score) for records stored with ``dup_of`` (no
              vector): lets dedup read the duplicate links without decoding every record
+    shingles int id -> the text's shingle hashes as little-endian uint64 bytes (b"" without text),
+             written with the record by the caller (``pairs.shingles``); kept after delete
 
+A store is refused on open when it is missing (only ``create=True`` makes one) or when its data
+file is shorter than its pages (a read past the end would kill the process with SIGBUS).
 One ``Store`` per path per process: LMDB forbids opening one environment twice in a process,
 and an environment must never cross ``fork()`` (open a new ``Store`` in the child). Reads are
 thread-safe; writes go through ``with store.writer() as w:``, committed in one transaction.
@@ -30,20 +34,21 @@ import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import lmdb
 import numpy as np
 
+from bellm_search._sync import ReadWriteLock
 from bellm_search.corpus import SEEN
 from bellm_search.errors import CollectionError
 
 log = logging.getLogger(__name__)
 
-DB_NAMES = ("docs", "keys", "hashes", "dochash", "vecs", "state", "tombs", "dupof")
+DB_NAMES = ("docs", "keys", "hashes", "dochash", "vecs", "state", "tombs", "dupof", "shingles")
+LATER_DBS = ("dupof", "shingles")  # a read-only open of an older store goes without them
 DUPOF = struct.Struct("<qf")
 COUNTERS = ("n_docs", "n_vectors", "n_deleted")
-RESERVED_STATE = frozenset(("next_id", "dim", "map_size", "dupof_indexed") + COUNTERS)
 MAX_READERS = 1024
 MAX_KEY = 511  # LMDB's default maximum key size
 GROW_ATTEMPTS = 8
@@ -89,64 +94,30 @@ def fp16_bytes(vector: Any, dim: int) -> bytes:
     return h.tobytes()
 
 
-# ---------------------------------------------------------------- thread gate
+# ---------------------------------------------------------------- the environment
 
-class _Gate:
-    """Many transactions at once, or one map resize (set_mapsize needs no open txn in the process)."""
+class _Env:
+    """Opening, verifying and migrating the LMDB environment, and its transactions: the part of a
+    store that is not about records."""
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-        self._resizing = False
-
-    def enter(self) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._resizing)
-            self._active += 1
-
-    def leave(self) -> None:
-        with self._cond:
-            self._active -= 1
-            self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:  # claim first so new transactions wait, then drain the open ones
-            self._cond.wait_for(lambda: not self._resizing)
-            self._resizing = True
-            self._cond.wait_for(lambda: not self._active)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._resizing = False
-                self._cond.notify_all()
-
-
-# ---------------------------------------------------------------- the store
-
-class Store:
-    """An LMDB environment holding one collection's records and vectors."""
-
-    def __init__(self, path: str | Path, *, readonly: bool = False, dim: int | None = None,
-                 map_size: int = 1 << 30) -> None:
+    def __init__(self, path: str | Path, readonly: bool, create: bool, map_size: int) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        if dim is not None and (not isinstance(dim, int) or dim <= 0):
-            raise CollectionError(f"dim must be a positive integer, got {dim!r}")
-        self._env = self._open_env(map_size)
+        self._env = self._open_env(map_size, create)
         self._pid = os.getpid()
-        self._gate = _Gate()
+        self._gate = ReadWriteLock()  # transactions share it; a map resize takes it alone
         self._write_lock = threading.Lock()
         self._writer_thread: int | None = None
+        self._check_complete()
         self._dbs = self._open_dbs()
         self._adopt_recorded_map_size()
-        self._check_dim(dim)
 
-    def _open_env(self, map_size: int) -> lmdb.Environment:
+    def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
         data = self.path / "data.mdb"
-        if self.readonly and not data.is_file():
-            raise CollectionError(f"no store at {self.path}: create the collection first")
+        if not data.is_file() and (self.readonly or not create):
+            raise CollectionError(
+                f"no store at {self.path}: its data.mdb holds the only copy of the documents, ids and vectors "
+                "(the index cannot rebuild it); restore it from a backup, or re-ingest the corpus into a new collection")
         if not self.readonly:
             self.path.mkdir(parents=True, exist_ok=True)
         size = max(int(map_size), data.stat().st_size if data.is_file() else 0)
@@ -156,53 +127,140 @@ class Store:
         except lmdb.Error as e:
             raise CollectionError(f"cannot open store {self.path}: {e}") from e
 
+    def _check_complete(self) -> None:
+        """Refuse a data file shorter than its pages (cut short by a copy, a full disk or a truncate):
+        LMDB maps it and the first read past its end kills the process with SIGBUS."""
+        need = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+        have = (self.path / "data.mdb").stat().st_size
+        if have < need:
+            self._env.close()
+            raise CollectionError(
+                f"store {self.path} is damaged: data.mdb holds {have} bytes but its pages need {need} "
+                "(the file was cut short); restore it from a backup, or re-ingest the corpus into a new collection")
+
     def _open_dbs(self) -> dict[str, Any]:
         try:
             if self.readonly:
-                dbs = {n: self._env.open_db(n.encode(), create=False) for n in DB_NAMES if n != "dupof"}
-                try:  # stores written before the dupof DB existed: links are read from the records
-                    dbs["dupof"] = self._env.open_db(b"dupof", create=False)
-                except lmdb.NotFoundError:
-                    pass
+                dbs = {}
+                for n in DB_NAMES:
+                    try:
+                        dbs[n] = self._env.open_db(n.encode(), create=False)
+                    except lmdb.NotFoundError:
+                        if n not in LATER_DBS:  # stores written before a later DB existed lack it
+                            raise
                 return dbs
             with self._env.begin(write=True) as txn:
                 dbs = {n: self._env.open_db(n.encode(), txn=txn) for n in DB_NAMES}
                 if txn.get(b"dupof_indexed", db=dbs["state"]) is None:
-                    self._backfill_dupof(txn, dbs)
+                    _backfill_dupof(txn, dbs)
                 return dbs
         except lmdb.Error as e:
             self._env.close()
             raise CollectionError(f"{self.path} is not a bellm-search store ({e})") from e
-
-    @staticmethod
-    def _backfill_dupof(txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
-        """One-time migration: index the ``dup_of`` links of records written before the dupof DB
-        (collections write ``dup_of``/``dup_score`` into the record as well)."""
-        with txn.cursor(db=dbs["docs"]) as cur:
-            for k, v in cur:
-                if b'"dup_of"' in v and txn.get(k, db=dbs["tombs"]) is None:
-                    doc = json.loads(v)
-                    if isinstance(doc.get("dup_of"), int):
-                        txn.put(k, DUPOF.pack(int(doc["dup_of"]), float(doc.get("dup_score") or 1.0)), db=dbs["dupof"])
-        txn.put(b"dupof_indexed", b"1", db=dbs["state"])
 
     def _adopt_recorded_map_size(self) -> None:
         recorded = self.get_state("map_size", 0)
         if recorded > self._env.info()["map_size"]:
             self._env.set_mapsize(recorded)
 
+    def close(self) -> None:
+        self._env.close()
+
+    @contextmanager
+    def _txn(self, write: bool = False) -> Iterator[lmdb.Transaction]:
+        """A short transaction; read ones adopt a map grown by another process."""
+        if os.getpid() != self._pid:
+            raise CollectionError("a Store cannot cross fork(): open a new Store in this process")
+        for attempt in (0, 1):
+            with self._gate.read():
+                try:
+                    txn = self._env.begin(write=write)
+                except lmdb.MapResizedError:
+                    if attempt:
+                        raise
+                    txn = None
+                if txn is not None:
+                    try:
+                        yield txn
+                    except BaseException:
+                        txn.abort()
+                        raise
+                    txn.commit()  # read txns: commit == abort
+                    return
+            with self._gate.write():  # no txn open in this process: adopt the size another one grew to
+                self._env.set_mapsize(0)
+
+    def _grow(self, need: int) -> int:
+        """Enlarge the map to at least double (no txn may be open in this process)."""
+        with self._gate.write():
+            size = max(2 * self._env.info()["map_size"], self._env.info()["map_size"] + 2 * need)
+            self._env.set_mapsize(size)
+            size = self._env.info()["map_size"]
+        log.info("grew LMDB map of %s to %d MiB", self.path, size >> 20)
+        return size
+
+    def _write(self, apply: Callable[[lmdb.Transaction], None], size: int) -> int | None:
+        """Run ``apply`` in one write txn; on a full map grow it and run it again. Returns the new map
+        size when it grew (the caller records it), else None."""
+        map_size = None
+        for _ in range(GROW_ATTEMPTS):
+            try:
+                with self._txn(write=True) as txn:
+                    apply(txn)
+                    if map_size is not None:
+                        txn.put(b"map_size", dumps(map_size), db=self._dbs["state"])
+                return map_size
+            except lmdb.MapFullError:
+                map_size = self._grow(size + 4096)
+        raise CollectionError(f"store {self.path}: map still full after {GROW_ATTEMPTS} enlargements")
+
+    def _state(self, txn: lmdb.Transaction, key: str, default: Any = None) -> Any:
+        raw = txn.get(key.encode("utf-8"), db=self._dbs["state"])
+        return default if raw is None else json.loads(raw)
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        with self._txn() as txn:
+            return self._state(txn, key, default)
+
+
+def _backfill_dupof(txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+    """One-time migration: index the ``dup_of`` links of records written before the dupof DB
+    (collections write ``dup_of``/``dup_score`` into the record as well)."""
+    with txn.cursor(db=dbs["docs"]) as cur:
+        for k, v in cur:
+            if b'"dup_of"' in v and txn.get(k, db=dbs["tombs"]) is None:
+                doc = json.loads(v)
+                if isinstance(doc.get("dup_of"), int):
+                    txn.put(k, DUPOF.pack(int(doc["dup_of"]), float(doc.get("dup_score") or 1.0)), db=dbs["dupof"])
+    txn.put(b"dupof_indexed", b"1", db=dbs["state"])
+
+
+# ---------------------------------------------------------------- the store
+
+class Store(_Env):
+    """An LMDB environment holding one collection's records, vectors and shingle hashes.
+
+    ``create``: make the environment when it does not exist (only a new collection does; opening
+    one whose store is gone is refused rather than starting an empty one)."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = True, dim: int | None = None,
+                 map_size: int = 1 << 30) -> None:
+        if dim is not None and (not isinstance(dim, int) or dim <= 0):
+            raise CollectionError(f"dim must be a positive integer, got {dim!r}")
+        super().__init__(path, readonly, create, map_size)
+        self._links: tuple[tuple[int, int], tuple[np.ndarray, ...]] | None = None
+        self._check_dim(dim)
+
     def _check_dim(self, dim: int | None) -> None:
         stored = self.dim
         if dim is None or stored == dim:
             return
         if stored is not None:
+            self.close()
             raise CollectionError(f"store {self.path} holds {stored}-d vectors, got dim={dim}")
         if not self.readonly:
             with self.writer() as w:
                 w._dim = dim  # committed with the (otherwise empty) block
-
-    def close(self) -> None:
-        self._env.close()
 
     def __enter__(self) -> Store:
         return self
@@ -210,59 +268,11 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------ transactions
-
-    @contextmanager
-    def _txn(self, write: bool = False) -> Iterator[lmdb.Transaction]:
-        """A short transaction; read ones adopt a map grown by another process."""
-        if os.getpid() != self._pid:
-            raise CollectionError("a Store cannot cross fork(): open a new Store in this process")
-        self._gate.enter()
-        try:
-            txn = self._begin(write)
-            try:
-                yield txn
-            except BaseException:
-                txn.abort()
-                raise
-            txn.commit()  # read txns: commit == abort
-        finally:
-            self._gate.leave()
-
-    def _begin(self, write: bool) -> lmdb.Transaction:
-        try:
-            return self._env.begin(write=write)
-        except lmdb.MapResizedError:
-            self._gate.leave()
-            try:
-                with self._gate.exclusive():
-                    self._env.set_mapsize(0)  # adopt the size another process grew to
-            finally:
-                self._gate.enter()
-            return self._env.begin(write=write)
-
-    def _grow(self, need: int) -> int:
-        """Enlarge the map to at least double (no txn may be open in this process)."""
-        with self._gate.exclusive():
-            size = max(2 * self._env.info()["map_size"], self._env.info()["map_size"] + 2 * need)
-            self._env.set_mapsize(size)
-            size = self._env.info()["map_size"]
-        log.info("grew LMDB map of %s to %d MiB", self.path, size >> 20)
-        return size
-
-    def _state(self, txn: lmdb.Transaction, key: str, default: Any = None) -> Any:
-        raw = txn.get(key.encode("utf-8"), db=self._dbs["state"])
-        return default if raw is None else json.loads(raw)
-
-    # ------------------------------------------------------------ reads
+    # ------------------------------------------------------------ counters
 
     @property
     def dim(self) -> int | None:
         return self.get_state("dim")
-
-    def get_state(self, key: str, default: Any = None) -> Any:
-        with self._txn() as txn:
-            return self._state(txn, key, default)
 
     def next_id(self) -> int:
         return self.get_state("next_id", 0)
@@ -275,6 +285,8 @@ class Store:
     def num_vectors(self) -> int:
         """Live documents that have a vector."""
         return self.get_state("n_vectors", 0)
+
+    # ------------------------------------------------------------ records and keys
 
     def _live_doc(self, txn: lmdb.Transaction, int_id: int) -> dict | None:
         if int_id < 0 or txn.get(id_key(int_id), db=self._dbs["tombs"]) is not None:
@@ -291,7 +303,7 @@ class Store:
             return [self._live_doc(txn, int(i)) for i in int_ids]
 
     def lookup_key(self, source_id: str) -> int | None:
-        """Int id of a source id, deleted or not (use ``is_deleted``): resume skips deleted ids."""
+        """Int id of a source id, deleted or not (``get_doc`` is None for a deleted one)."""
         return self.lookup_keys([source_id])[0]
 
     def lookup_keys(self, source_ids: list[str]) -> list[int | None]:
@@ -305,14 +317,29 @@ class Store:
             raw = txn.get(hash_key(h), db=self._dbs["hashes"])
         return None if raw is None else key_id(raw)
 
-    def is_deleted(self, int_id: int) -> bool:
+    def text_hash(self, int_id: int) -> bytes | None:
+        """The text hash a document was stored with (None: stored without one)."""
         with self._txn() as txn:
-            return int_id >= 0 and txn.get(id_key(int_id), db=self._dbs["tombs"]) is not None
+            return txn.get(id_key(int_id), db=self._dbs["dochash"])
 
     def deleted_ids(self) -> np.ndarray:
         with self._txn() as txn, txn.cursor(db=self._dbs["tombs"]) as cur:
             ids = [key_id(k) for k in cur.iternext(keys=True, values=False)]
         return np.array(ids, dtype=np.int64)
+
+    def live_ids(self, with_vectors: bool = False) -> np.ndarray:
+        """Int ids of live documents (or of live documents that have a vector), sorted; keys only."""
+        with self._txn() as txn, txn.cursor(db=self._dbs["vecs" if with_vectors else "docs"]) as cur:
+            ids = np.frombuffer(b"".join(cur.iternext(keys=True, values=False)), dtype=">i8").astype(np.int64)
+        gone = self.deleted_ids()
+        return ids[~np.isin(ids, gone)] if len(gone) else ids
+
+    def iter_docs(self, start: int = 0, batch: int = 4096) -> Iterator[tuple[int, dict]]:
+        """(int id, record) of live documents in id order."""
+        for ids, vals in self._iter("docs", start, None, batch, False):
+            yield from zip(ids, map(json.loads, vals))
+
+    # ------------------------------------------------------------ vectors
 
     def get_vectors(self, int_ids: Any) -> np.ndarray:
         """Stored vectors (deleted docs included) as float32 (n, dim); a missing one is an error."""
@@ -365,12 +392,49 @@ class Store:
             vecs = np.frombuffer(b"".join(vals), dtype="<f2").reshape(len(ids), dim)
             yield np.array(ids, dtype=np.int64), vecs.astype(np.float32)
 
-    def live_ids(self, with_vectors: bool = False) -> np.ndarray:
-        """Int ids of live documents (or of live documents that have a vector), sorted; keys only."""
-        with self._txn() as txn, txn.cursor(db=self._dbs["vecs" if with_vectors else "docs"]) as cur:
-            ids = np.frombuffer(b"".join(cur.iternext(keys=True, values=False)), dtype=">i8").astype(np.int64)
-        gone = self.deleted_ids()
-        return ids[~np.isin(ids, gone)] if len(gone) else ids
+    # ------------------------------------------------------------ shingle hashes
+
+    def shingles(self, int_ids: Iterable[int], compute: Callable[[dict], bytes] | None = None) -> list[np.ndarray]:
+        """The stored shingle hashes (sorted unique uint64) of each document; an empty array for one
+        stored without text. One not stored (a store not yet migrated, or an unknown id) is
+        ``compute(record)`` when given, else an error."""
+        out: list[np.ndarray] = []
+        with self._txn() as txn:
+            db = self._dbs.get("shingles")
+            for i in map(int, int_ids):
+                raw = txn.get(id_key(i), db=db) if db is not None and i >= 0 else None
+                if raw is None:
+                    doc = txn.get(id_key(i), db=self._dbs["docs"]) if i >= 0 else None
+                    if compute is None or doc is None:
+                        raise CollectionError(f"no shingles stored for id {i} in {self.path}")
+                    raw = compute(json.loads(doc))
+                out.append(np.frombuffer(raw, dtype="<u8"))
+        return out
+
+    def fill_shingles(self, compute: Callable[[dict], bytes], batch: int = 2048) -> int:
+        """Migration: store ``compute(record)`` for every document that has no shingle hashes yet
+        (deleted ones included, as their vectors are), one committed txn per batch, so a crash keeps
+        what was done and a re-run finishes. Returns how many it filled (0 at once when complete)."""
+        if self.readonly:
+            raise CollectionError(f"store {self.path} was opened readonly")
+        with self._txn() as txn:
+            if txn.stat(self._dbs["docs"])["entries"] == txn.stat(self._dbs["shingles"])["entries"]:
+                return 0
+        filled = 0
+        for ids, vals in self._iter("docs", 0, None, batch, True):
+            with self._txn() as txn:
+                todo = [(i, v) for i, v in zip(ids, vals) if txn.get(id_key(i), db=self._dbs["shingles"]) is None]
+            rows = [(id_key(i), compute(json.loads(v))) for i, v in todo]
+            if rows:
+                with self._write_lock:
+                    self._write(lambda t: [t.put(k, v, db=self._dbs["shingles"]) for k, v in rows],
+                                sum(len(v) + 8 for _, v in rows))
+                filled += len(rows)
+        if filled:
+            log.info("stored the shingle hashes of %d documents of %s", filled, self.path)
+        return filled
+
+    # ------------------------------------------------------------ duplicate links
 
     def dup_links(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(duplicate, first copy, score) of every live document stored as a duplicate."""
@@ -393,10 +457,21 @@ class Store:
         ok = ~np.isin(d, gone) if len(gone) else np.ones(len(d), dtype=bool)
         return d[ok], np.asarray(first, dtype=np.int64)[ok], np.asarray(score, dtype=np.float32)[ok]
 
-    def iter_docs(self, start: int = 0, batch: int = 4096) -> Iterator[tuple[int, dict]]:
-        """(int id, record) of live documents in id order."""
-        for ids, vals in self._iter("docs", start, None, batch, False):
-            yield from zip(ids, map(json.loads, vals))
+    def linked(self, int_ids: Iterable[int], min_score: float = 1.0) -> list[np.ndarray]:
+        """For each id: the live documents linked to it as duplicates with a score >= min_score
+        (exact copies at 1.0), in id order. The reverse link table is cached until the store changes."""
+        with self._txn() as txn:
+            version = (self._state(txn, "next_id", 0), self._state(txn, "n_deleted", 0))
+        if self._links is None or self._links[0] != version:
+            dup, first, score = self.dup_links()
+            order = np.lexsort((dup, first))
+            self._links = (version, (dup[order], first[order], score[order]))
+        dup, first, score = self._links[1]
+        out = []
+        for i in map(int, int_ids):
+            lo, hi = np.searchsorted(first, i, "left"), np.searchsorted(first, i, "right")
+            out.append(dup[lo:hi][score[lo:hi] >= min_score])
+        return out
 
     # ------------------------------------------------------------ writes
 
@@ -434,7 +509,6 @@ class Writer:
         self._added: dict[int, tuple[bool, bytes | None]] = {}  # id -> (has vector, hash)
         self._deleted: set[int] = set()
         self._delta = dict.fromkeys(COUNTERS, 0)
-        self._user_state: dict[str, bytes] = {}
         self._open = True
         return self
 
@@ -466,11 +540,12 @@ class Writer:
     # ------------------------------------------------------------ operations
 
     def add_doc(self, source_id: str, record: dict, *, text_hash: bytes | None = None,
-                vector: np.ndarray | None = None, dup_of: tuple[int, float] | None = None,
-                replaces: int | None = None) -> int:
-        """Store a new document under the next int id and return that id. ``dup_of`` = (int id of
-        the first copy, score) records the document as a duplicate (see ``dup_links``).
-        ``replaces``: the int id this source id had, deleted earlier in this batch (re-keying)."""
+                vector: np.ndarray | None = None, shingles: bytes | None = None,
+                dup_of: tuple[int, float] | None = None, replaces: int | None = None) -> int:
+        """Store a new document under the next int id and return that id. ``shingles``: its shingle
+        hashes as bytes (see ``Store.shingles``). ``dup_of`` = (int id of the first copy, score)
+        records the document as a duplicate (see ``dup_links``). ``replaces``: the int id this
+        source id had, deleted earlier in this batch (re-keying)."""
         self._check_open()
         known = self.lookup_key(source_id)
         if known is not None and not (known == replaces and replaces in self._deleted):
@@ -492,6 +567,8 @@ class Writer:
             self._put("vecs", key, vec)
         if h is not None:
             self._add_hash(h, int_id)
+        if shingles is not None:
+            self._put("shingles", key, bytes(shingles))
         if dup_of is not None:
             self._put("dupof", key, DUPOF.pack(int(dup_of[0]), float(dup_of[1])))
         self._added[int_id] = (vec is not None, h)
@@ -554,15 +631,16 @@ class Writer:
             if record is None:
                 continue
             old = min(exact)
-            with s._txn() as txn:
-                h = txn.get(id_key(old), db=s._dbs["dochash"]) or txn.get(id_key(first), db=s._dbs["dochash"])
+            h = s.text_hash(old) or s.text_hash(first)
+            with s._txn() as txn:  # None in a store not migrated yet: the next writable open fills it
+                shingles = txn.get(id_key(old), db=s._dbs["shingles"])
             source_id = record.pop("id")
             record.pop("dup_of", None)
             record.pop("dup_score", None)
             record[SEEN] = int(record.get(SEEN, old))  # its arrival order, for --keep first
             vector = s.get_vectors([first])[0]
             self.delete(old)
-            new = self.add_doc(source_id, record, text_hash=h, vector=vector, replaces=old)
+            new = self.add_doc(source_id, record, text_hash=h, vector=vector, shingles=shingles, replaces=old)
             for d, sc in mine:
                 doc = s.get_doc(d) if d != old else None
                 if doc is not None:
@@ -585,32 +663,16 @@ class Writer:
             h = txn.get(key, db=s._dbs["dochash"])
             return txn.get(key, db=s._dbs["vecs"]) is not None, h
 
-    def set_state(self, key: str, value: Any) -> None:
-        """Record a JSON-serialisable value under ``key`` (committed with the block)."""
-        self._check_open()
-        if key in RESERVED_STATE:
-            raise ValueError(f"state key {key!r} is managed by the store")
-        self._user_state[key] = dumps(value)
-
     def _put(self, db: str, key: bytes, value: bytes | None) -> None:
         self._ops.append((db, key, value))
 
     # ------------------------------------------------------------ commit
 
     def _commit(self) -> None:
-        """Apply the buffer in one txn; on a full map grow it and replay the whole buffer."""
-        s = self._store
-        map_size = None
-        for _ in range(GROW_ATTEMPTS):
-            try:
-                with s._txn(write=True) as txn:
-                    self._apply(txn, map_size)
-                return
-            except lmdb.MapFullError:
-                map_size = s._grow(sum(len(k) + len(v or b"") for _, k, v in self._ops) + 4096)
-        raise CollectionError(f"store {s.path}: map still full after {GROW_ATTEMPTS} enlargements")
+        """Apply the buffer in one txn (on a full map: grown, and the whole buffer replayed)."""
+        self._store._write(self._apply, sum(len(k) + len(v or b"") for _, k, v in self._ops))
 
-    def _apply(self, txn: lmdb.Transaction, map_size: int | None) -> None:
+    def _apply(self, txn: lmdb.Transaction) -> None:
         s = self._store
         if s._state(txn, "next_id", 0) != self._base_next:
             raise CollectionError(f"store {s.path} was written by another writer meanwhile; "
@@ -624,9 +686,5 @@ class Writer:
         state["next_id"] = self._next
         if self._dim is not None:
             state["dim"] = self._dim
-        if map_size is not None:
-            state["map_size"] = map_size
         for k, v in state.items():
             txn.put(k.encode("utf-8"), dumps(v), db=s._dbs["state"])
-        for k, raw in self._user_state.items():
-            txn.put(k.encode("utf-8"), raw, db=s._dbs["state"])

@@ -187,10 +187,10 @@ def verify(path: Path, deleted: set[str], current: bool, maybe_deleted: tuple[st
         assert set(vec_ids.tolist()) == {i for i, d in docs if "dup_of" not in d}, "vectors != docs without dup_of"
         ever = {i for ids, _ in store.iter_vectors(include_deleted=True) for i in ids.tolist()}
 
-        tombstoned = set()
+        tombstoned, tombs = set(), set(store.deleted_ids().tolist())
         for sid in set(deleted) | set(maybe_deleted):
             key = store.lookup_key(sid)
-            if key is not None and store.is_deleted(key):
+            if key is not None and key in tombs:
                 tombstoned.add(sid)
                 assert sid not in live and store.get_doc(key) is None, f"deleted {sid!r} is live"
         assert deleted <= tombstoned, f"not deleted: {sorted(deleted - tombstoned)[:5]}"

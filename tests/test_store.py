@@ -26,7 +26,7 @@ def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
 
 @pytest.fixture
 def store(tmp_path):
-    with Store(tmp_path / "meta.lmdb", dim=DIM) as s:
+    with Store(tmp_path / "meta.lmdb", create=True, dim=DIM) as s:
         yield s
 
 
@@ -60,13 +60,10 @@ def test_records_round_trip_and_ids_in_order(store):
 
 def test_reopen_keeps_data_and_continues_ids(tmp_path):
     path = tmp_path / "meta.lmdb"
-    with Store(path) as s:
+    with Store(path, create=True) as s:
         fill(s, 5)
-        with s.writer() as w:
-            w.set_state("indexed_upto", {"id": 4, "note": "é"})
     with Store(path) as s:
         assert s.dim == DIM and s.count() == 5 and s.num_vectors() == 5
-        assert s.get_state("indexed_upto") == {"id": 4, "note": "é"}
         assert s.get_state("missing", 7) == 7
         with s.writer() as w:
             assert w.add_doc("new", {}) == 5
@@ -104,11 +101,10 @@ def test_writer_that_raises_commits_nothing(store):
         with store.writer() as w:
             w.add_doc("x", {"a": 1}, text_hash=h("x"), vector=np.ones(DIM))
             w.delete(0)
-            w.set_state("k", 1)
             raise RuntimeError("boom")
     assert store.next_id() == 2 and store.count() == 2 and store.num_vectors() == 2
     assert store.lookup_key("x") is None and store.lookup_hash(h("x")) is None
-    assert not store.is_deleted(0) and store.get_state("k") is None
+    assert store.get_doc(0) is not None and store.deleted_ids().tolist() == []
     with store.writer() as w:  # the write lock was released
         assert w.add_doc("x", {}) == 2
     with pytest.raises(CollectionError, match="inside"):
@@ -124,7 +120,6 @@ def test_delete_tombstones(store):
         pending = w.add_doc("p", {}, text_hash=h("tp"), vector=np.ones(DIM))
         assert w.delete(pending) and w.lookup_hash(h("tp")) is None
     assert not store.get_doc(2) and store.get_doc(1)["text"] == "t1"
-    assert store.is_deleted(2) and store.is_deleted(pending) and not store.is_deleted(0)
     assert store.deleted_ids().tolist() == [2, 3, pending]
     assert store.deleted_ids().dtype == np.int64
     assert store.count() == 4 and store.num_vectors() == 2
@@ -168,7 +163,7 @@ def test_iter_vectors_ranges_and_batches(store):
 
 def test_dim_checks(tmp_path):
     path = tmp_path / "meta.lmdb"
-    with Store(path) as s:
+    with Store(path, create=True) as s:
         assert s.dim is None
         with s.writer() as w:
             w.add_doc("a", {}, vector=np.zeros(4))
@@ -187,7 +182,7 @@ def test_dim_checks(tmp_path):
         Store(path, dim=8)
     with pytest.raises(CollectionError, match="4-d"):
         Store(path, readonly=True, dim=8)
-    with Store(tmp_path / "other", dim=3) as s:
+    with Store(tmp_path / "other", create=True, dim=3) as s:
         assert s.dim == 3
 
 
@@ -195,7 +190,7 @@ def test_readonly_missing_store_and_readonly_writes(tmp_path):
     with pytest.raises(CollectionError, match="no store"):
         Store(tmp_path / "absent", readonly=True)
     assert not (tmp_path / "absent").exists()
-    with Store(tmp_path / "db") as s:
+    with Store(tmp_path / "db", create=True) as s:
         fill(s, 2)
     with Store(tmp_path / "db", readonly=True) as s:
         assert s.count() == 2
@@ -203,17 +198,12 @@ def test_readonly_missing_store_and_readonly_writes(tmp_path):
             s.writer()
 
 
-def test_state_keys_managed_by_store_are_protected(store):
-    with store.writer() as w, pytest.raises(ValueError, match="next_id"):
-        w.set_state("next_id", 0)
-
-
 def test_map_growth_from_tiny_map(tmp_path):
     path = tmp_path / "meta.lmdb"
     rng = np.random.default_rng(1)
     vecs = unit(rng, 3000, dim=64)
     texts = ["x" * int(n) for n in rng.integers(50, 400, 3000)]
-    with Store(path, map_size=64 << 10) as s:
+    with Store(path, create=True, map_size=64 << 10) as s:
         with s.writer() as w:  # one block far larger than the map
             for i in range(2000):
                 w.add_doc(f"s{i}", {"text": texts[i]}, text_hash=h(texts[i] + str(i)), vector=vecs[i])
@@ -233,7 +223,7 @@ def test_map_growth_from_tiny_map(tmp_path):
 def test_reads_from_threads_while_map_grows(tmp_path):
     errors: list[BaseException] = []
     stop = threading.Event()
-    with Store(tmp_path / "meta.lmdb", map_size=64 << 10) as s:
+    with Store(tmp_path / "meta.lmdb", create=True, map_size=64 << 10) as s:
         fill(s, 10)
 
         def read() -> None:
@@ -269,7 +259,7 @@ def test_reader_in_another_process_sees_commits(tmp_path):
     path = tmp_path / "meta.lmdb"
     ctx = mp.get_context("spawn")
     requests, replies = ctx.Queue(), ctx.Queue()
-    with Store(path, dim=DIM, map_size=64 << 10) as s:
+    with Store(path, create=True, dim=DIM, map_size=64 << 10) as s:
         fill(s, 3)
         proc = ctx.Process(target=_reader, args=(str(path), requests, replies), daemon=True)
         proc.start()
@@ -310,7 +300,7 @@ def test_stores_without_the_link_table_are_migrated(tmp_path):
     import lmdb
 
     path = tmp_path / "meta.lmdb"
-    with Store(path, dim=DIM) as s:
+    with Store(path, create=True, dim=DIM) as s:
         fill(s, 3)
         with s.writer() as w:
             dup = w.add_doc("d", {"text": "t0!", "dup_of": 0, "dup_score": 0.95}, dup_of=(0, 0.95))
@@ -325,3 +315,165 @@ def test_stores_without_the_link_table_are_migrated(tmp_path):
         assert s.get_state("dupof_indexed") == 1
         dup_ids, first, score = s.dup_links()
         assert dup_ids.tolist() == [dup] and first.tolist() == [0] and score.tolist() == pytest.approx([0.95])
+
+
+# ---------------------------------------------------------------- shingle hashes
+
+def sh(text: str) -> bytes:
+    from bellm_search.pairs.shingles import shingle_hashes, to_bytes
+
+    return to_bytes(shingle_hashes(text))
+
+
+def test_shingles_stored_with_the_record(store):
+    from bellm_search.pairs.shingles import shingle_hashes
+
+    with store.writer() as w:
+        a = w.add_doc("a", {"text": "hello world"}, shingles=sh("hello world"))
+        b = w.add_doc("b", {"text": ""}, shingles=sh(""))
+        c = w.add_doc("c", {"text": "x"})  # a caller that passes none
+    got = store.shingles([b, a])
+    assert got[0].dtype == np.dtype("<u8") and len(got[0]) == 0
+    np.testing.assert_array_equal(got[1], shingle_hashes("hello world"))
+    with pytest.raises(CollectionError, match=f"id {c}"):
+        store.shingles([c])
+    assert len(store.shingles([c], compute=lambda doc: sh(doc["text"]))[0]) == 1
+    with store.writer() as w:
+        w.delete(a)
+    np.testing.assert_array_equal(store.shingles([a])[0], shingle_hashes("hello world"))  # kept, as vectors are
+
+
+def test_old_stores_get_their_shingles_on_a_writable_open(tmp_path):
+    import lmdb
+
+    from bellm_search.pairs.shingles import shingle_hashes
+
+    path = tmp_path / "meta.lmdb"
+    with Store(path, create=True, dim=DIM) as s:
+        fill(s, 7)
+        with s.writer() as w:
+            w.delete(3)
+    env = lmdb.open(str(path), max_dbs=12)  # an older store: no shingles table
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"shingles", txn=txn), delete=True)
+    env.close()
+    with Store(path, readonly=True) as s:  # read-only: no table, the caller computes
+        with pytest.raises(CollectionError, match="no shingles"):
+            s.shingles([0])
+    calls = []
+
+    def compute(doc: dict) -> bytes:
+        calls.append(doc["text"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a crash in the middle of the migration
+        return sh(doc["text"])
+
+    with Store(path) as s, pytest.raises(KeyboardInterrupt):
+        s.fill_shingles(compute, batch=2)
+    with Store(path) as s:  # the first batch was committed; the re-run does the rest
+        assert s.fill_shingles(lambda doc: calls.append(doc["text"]) or sh(doc["text"]), batch=2) == 5
+        assert calls == ["t0", "t1", "t2", "t2", "t3", "t4", "t5", "t6"]
+        assert s.fill_shingles(compute) == 0  # complete: nothing scanned
+        for i, got in enumerate(s.shingles(range(7))):
+            np.testing.assert_array_equal(got, shingle_hashes(f"t{i}"))
+
+
+# ---------------------------------------------------------------- duplicate links, reversed
+
+def test_linked_copies_follow_the_store(store):
+    fill(store, 3)
+    with store.writer() as w:
+        c1 = w.add_doc("c1", {}, dup_of=(1, 1.0))
+        near = w.add_doc("n", {}, dup_of=(1, 0.97))
+        c2 = w.add_doc("c2", {}, dup_of=(1, 1.0))
+        c0 = w.add_doc("c0", {}, dup_of=(0, 1.0))
+    got = store.linked([1, 0, 2])
+    assert [g.tolist() for g in got] == [[c1, c2], [c0], []]
+    assert store.linked([1], min_score=0.9)[0].tolist() == [c1, near, c2]
+    with store.writer() as w:
+        w.delete(c1)
+    assert store.linked([1])[0].tolist() == [c2]  # the cache follows the store
+
+
+# ---------------------------------------------------------------- damaged or missing stores
+
+def test_a_missing_store_is_not_created_on_open(tmp_path):
+    with pytest.raises(CollectionError, match="no store .*restore it from a backup, or re-ingest"):
+        Store(tmp_path / "gone", create=False)
+    assert not (tmp_path / "gone").exists()
+
+
+OPEN_AND_READ = """
+import sys
+from bellm_search.errors import CollectionError
+from bellm_search.store import Store
+try:
+    with Store(sys.argv[1], readonly=sys.argv[2] == "ro", create=False) as s:
+        print(sum(1 for _ in s.iter_docs()), len(list(s.iter_vectors())))
+except CollectionError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("mode", ["ro", "rw"])
+def test_a_truncated_store_is_refused_not_a_sigbus(tmp_path, mode):
+    """A data file cut short used to be mapped as it was: the first read past its end killed the
+    process with SIGBUS. Run in a subprocess, as a SIGBUS would kill pytest."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "meta.lmdb"
+    with Store(path, create=True, dim=64) as s:
+        rng = np.random.default_rng(3)
+        with s.writer() as w:
+            for i in range(3000):
+                w.add_doc(f"s{i}", {"text": "x" * 100}, vector=unit(rng, 1, 64)[0])
+    data = path / "data.mdb"
+    size = data.stat().st_size
+    os_truncate = __import__("os").truncate
+    os_truncate(data, size // 2 // 4096 * 4096)
+    proc = subprocess.run([sys.executable, "-c", OPEN_AND_READ, str(path), mode], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
+    assert proc.stdout.startswith("refused: store") and "is damaged: data.mdb holds" in proc.stdout
+    assert "\n" not in proc.stdout.strip()  # one line
+    assert data.stat().st_size == size // 2 // 4096 * 4096  # nothing written
+
+
+# ---------------------------------------------------------------- the read/write lock
+
+def test_read_write_lock_writer_waits_for_readers_and_holds_back_new_ones():
+    from bellm_search._sync import ReadWriteLock
+
+    lock, events = ReadWriteLock(), []
+    first_in, writer_waiting, release = threading.Event(), threading.Event(), threading.Event()
+
+    def reader(name: str, hold: threading.Event | None) -> None:
+        with lock.read():
+            events.append(f"{name} in")
+            if hold is not None:
+                first_in.set()
+                hold.wait(5)
+            events.append(f"{name} out")
+
+    def writer() -> None:
+        writer_waiting.set()
+        with lock.write():
+            events.append("writer")
+
+    r1 = threading.Thread(target=reader, args=("r1", release))
+    r1.start()
+    first_in.wait(5)
+    w = threading.Thread(target=writer)
+    w.start()
+    writer_waiting.wait(5)
+    while not lock._waiting:  # the writer is queued
+        pass
+    r2 = threading.Thread(target=reader, args=("r2", None))
+    r2.start()
+    r2.join(0.2)
+    assert r2.is_alive()  # held back behind the waiting writer
+    release.set()
+    for t in (r1, w, r2):
+        t.join(5)
+    assert events == ["r1 in", "r1 out", "writer", "r2 in", "r2 out"]
