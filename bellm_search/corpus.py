@@ -34,6 +34,7 @@ class ReadStats:
     lines: int = 0
     records: int = 0
     invalid: int = 0
+    blank: int = 0  # blank lines skipped (no record)
     problems: list[str] = field(default_factory=list)  # first few, for the summary
 
     def skip(self, error: CorpusError) -> None:
@@ -49,6 +50,7 @@ class CorpusOptions:
     id_field: str = "id"
     skip_invalid: bool = False
     prefix_ids: bool = False  # ids from line numbers get "file:" in front (several corpora)
+    documents: bool = False  # records to store (ingest): blank .txt lines skipped, ``document_problem`` enforced
 
 
 def corpus_format(path: str) -> str:
@@ -77,7 +79,9 @@ def read_corpus(path: str, options: CorpusOptions, stats: ReadStats | None = Non
                     raise
                 stats.skip(err)
                 continue
-            if record is not None:
+            if record is None:
+                stats.blank += 1
+            else:
                 stats.records += 1
                 yield record
 
@@ -126,10 +130,16 @@ def _parse(raw: bytes, fmt: str, path: str, lineno: int, options: CorpusOptions)
     if fmt == "txt":
         if "\x00" in line:
             raise CorpusError(path, lineno, "NUL byte in text")
+        if options.documents and not line.strip():
+            return None  # a blank line of a text corpus is no document
         return Record(default_id, line, {}, path, lineno)
     if not line.strip():
         return None  # blank lines in JSONL are not records
-    return _parse_json(line, path, lineno, options, default_id)
+    record = _parse_json(line, path, lineno, options, default_id)
+    problem = document_problem(record.id, record.text) if options.documents else None
+    if problem:
+        raise CorpusError(path, lineno, problem)
+    return record
 
 
 def _parse_json(line: str, path: str, lineno: int, options: CorpusOptions, default_id: str) -> Record:
@@ -163,6 +173,22 @@ def _parse_json(line: str, path: str, lineno: int, options: CorpusOptions, defau
     if not source_id:
         raise CorpusError(path, lineno, f"field {options.id_field!r} is empty")
     return Record(source_id, text, obj, path, lineno)
+
+
+def document_problem(source_id: str, text: Any) -> str | None:
+    """Why a record cannot become a stored document (None: it can). One rule for every way in:
+    the corpus reader (CLI ingest), the collection's ingest and ``POST /documents``."""
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "empty text (or only whitespace): nothing to search"
+    if "\x00" in text:
+        return "NUL character in text"
+    if not isinstance(source_id, str) or not source_id:
+        return "empty id"
+    if any(c in source_id for c in "\n\r\x00"):
+        return f"id {source_id[:60]!r} holds a line break or NUL (it would break id lists): change the id"
+    return None
 
 
 def json_depth(value: Any) -> int:

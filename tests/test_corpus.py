@@ -75,3 +75,40 @@ def test_fuzz_reader_never_crashes(tmp_path, lines):
         assert len(strict) == len(recs)
     except CorpusError as err:
         assert str(err).startswith(f"{path}:")
+
+
+def test_documents_blank_txt_lines_skipped_and_counted(tmp_path):
+    """ingest reads with documents=True: `printf 'a\\n\\nb\\n'` used to store an empty document."""
+    path = write(tmp_path, "t.txt", b"a\n\n  \t\nb\n")
+    stats = ReadStats()
+    recs = list(read_corpus(path, CorpusOptions(documents=True), stats))
+    assert [(r.id, r.text) for r in recs] == [("1", "a"), ("4", "b")]
+    assert stats.blank == 2 and stats.invalid == 0 and stats.lines == 4
+    # embed keeps one row per input line
+    assert [r.text for r in read_corpus(path, CorpusOptions())] == ["a", "", "  \t", "b"]
+
+
+@pytest.mark.parametrize("line, problem", [
+    (b'{"text": ""}', "empty text"),
+    (b'{"text": "  \\u3000\\n\\t"}', "empty text"),
+    (b'{"text": "a", "id": "x\\ny"}', "line break or NUL"),
+    (b'{"text": "a", "id": "x\\u0000y"}', "line break or NUL"),
+    (b'{"text": "a", "id": "x\\ry"}', "line break or NUL"),
+])
+def test_documents_invalid_records_name_file_and_line(tmp_path, line, problem):
+    path = write(tmp_path, "c.jsonl", b'{"text": "ok"}\n' + line + b"\n")
+    with pytest.raises(CorpusError, match=f"{path}:2: .*{problem}"):
+        list(read_corpus(path, CorpusOptions(documents=True)))
+    stats = ReadStats()
+    assert [r.text for r in read_corpus(path, CorpusOptions(documents=True, skip_invalid=True), stats)] == ["ok"]
+    assert stats.invalid == 1
+
+
+def test_document_problem_is_one_rule():
+    from bellm_search.corpus import document_problem
+
+    assert document_problem("a", "text") is None
+    assert "empty" in document_problem("a", " \u00a0 ")
+    assert "NUL" in document_problem("a", "x\x00y")
+    assert "line break" in document_problem("a\nb", "x")
+    assert "string" in document_problem("a", None)
