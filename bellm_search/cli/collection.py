@@ -53,7 +53,7 @@ def ingest(
 
         raise ConfigError("give at least one CORPUS file (or --from-embeddings DIR)")
     options = CorpusOptions(text_field=text_field, id_field=id_field, skip_invalid=skip_invalid,
-                            prefix_ids=len(corpora) > 1)
+                            prefix_ids=len(corpora) > 1, documents=True)
     read = ReadStats()
     records = (rec for corpus in corpora for rec in read_corpus(corpus, options, read))
     with coll, progress_bar("ingest") as bar:
