@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "runs" / "nli_triples.jsonl"
+DATA = ROOT / "runs" / "data" / "nli.jsonl"  # scripts/prepare_data.py
 DEV = ROOT.parent / "shared" / "data" / "stsb" / "sts-dev.csv"
 
 
@@ -31,7 +31,7 @@ def rows(seeds: list[int]) -> list[dict]:
 
 
 def command(row: dict, steps: int, train_layers: int) -> str:
-    return (f"bellm-search train --data runs/nli_triples.jsonl --output runs/ablation/{row['name']} "
+    return (f"bellm-search train --data runs/data/nli.jsonl --output runs/ablation/{row['name']} "
             f"--pooling {row['pooling']} --bidirectional-layers {row['k']} --train-layers {train_layers} "
             f"--max-steps {steps} --batch-size 32 --seed {row['seed']} --dev ../shared/data/stsb/sts-dev.csv")
 
@@ -39,6 +39,7 @@ def command(row: dict, steps: int, train_layers: int) -> str:
 def main() -> int:
     import torch
 
+    from bellm_search.cli.train import dev_scorer
     from bellm_search.training.loop import TrainConfig, train
 
     ap = argparse.ArgumentParser()
@@ -62,7 +63,7 @@ def main() -> int:
                           max_steps=args.steps, seed=row["seed"], dev=str(DEV), resume=True,
                           checkpoint_every=1000, show_progress=False)
         t0 = time.time()
-        folder = train(cfg)
+        folder = train(cfg, dev_scorer(DEV, []))
         meta = json.loads((folder / "bellm_adapter.json").read_text())["training"]
         rec = {**row, "steps": args.steps, "dev_spearman": meta["dev_spearman"],
                "seconds_per_step": meta["seconds_per_step"], "wall_s": round(time.time() - t0),

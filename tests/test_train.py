@@ -10,19 +10,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from bellm_search.training.loop import (
-    TrainConfig,
-    build_model,
-    full_forward,
-    lower_states,
-    micro_batch,
-    negative_mask,
-    read_training_data,
-    tokenize_texts,
-    top_forward,
-    train,
-)
+from bellm_search.cli.train import dev_scorer
 from bellm_search.errors import ConfigError, CorpusError
+from bellm_search.training import model as M
+from bellm_search.training.data import micro_batch, negative_mask, plan_chunks, read_training_data
+from bellm_search.training.loop import TrainConfig, train
+from bellm_search.training.model import full_forward, lower_states, tokenize_texts, top_forward
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -64,6 +57,14 @@ def tiny_cfg(tmp_path: Path, model: Path, **kw) -> TrainConfig:
                 lora_dropout=0.1, lr=1e-2)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype):
+    from bellm_search.encoder.loading import resolve_model
+
+    return M.build_model(resolve_model(cfg.model), dtype, device, bidirectional_layers=cfg.bidirectional_layers,
+                         train_layers=cfg.train_layers, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                         lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets)
 
 
 def randomise_lora(model: torch.nn.Module) -> None:
@@ -108,11 +109,11 @@ def test_k1_equals_causal_with_last_pooling(tmp_path, tiny_llama):
 
 def test_training_writes_an_adapter_the_encoder_loads(tmp_path, tiny_llama):
     from bellm_search.encoder import Encoder
-    from bellm_search.eval.metrics import read_sts
+    from bellm_search.eval.datasets import read_sts
     from bellm_search.cli.train import sts_score
 
     dev = write_dev(tmp_path / "dev.jsonl")
-    out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), lora_dropout=0.0))
+    out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), lora_dropout=0.0), dev_scorer(dev, []))
     meta = json.loads((out / "bellm_adapter.json").read_text())
     assert meta["bidirectional_layers"] == 2 and meta["pooling"] == "last"
     assert meta["training"]["steps"] == 5 and meta["training"]["seed"] == 42
@@ -258,11 +259,12 @@ def test_resume_with_fewer_steps_exports_the_checkpoint(tmp_path, tiny_llama):
 
 def test_dev_every_keeps_the_best_adapter(tmp_path, tiny_llama):
     from bellm_search.encoder import Encoder
-    from bellm_search.eval.metrics import read_sts
+    from bellm_search.eval.datasets import read_sts
     from bellm_search.cli.train import sts_score
 
     dev = write_dev(tmp_path / "dev.jsonl")
-    out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), dev_every=2, max_steps=6, lora_dropout=0.0))
+    out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), dev_every=2, max_steps=6, lora_dropout=0.0),
+                dev_scorer(dev, []))
     hist = json.loads((out / "bellm_adapter.json").read_text())["training"]["dev_history"]
     assert [s for s, _ in hist] == [2, 4, 6]  # steps 2 and 4 during training, 6 at the end
     best_meta = json.loads((out / "best" / "bellm_adapter.json").read_text())["training"]
@@ -271,4 +273,4 @@ def test_dev_every_keeps_the_best_adapter(tmp_path, tiny_llama):
     enc = Encoder(model=str(tiny_llama), adapter=str(out / "best"), device="cpu", dtype="float32")
     assert sts_score(read_sts(dev), enc) == pytest.approx(best_score, abs=0.02)
     with pytest.raises(ConfigError, match="--dev-every"):
-        tiny_cfg(tmp_path, tiny_llama, dev_every=2)
+        train(tiny_cfg(tmp_path, tiny_llama, dev_every=2, output=str(tmp_path / "o2")))

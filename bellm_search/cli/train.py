@@ -54,7 +54,8 @@ def train_command(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint every N steps.", min=1)] = 50,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward (less memory, slower).")] = False,
     dev: Annotated[Optional[Path], typer.Option("--dev", help="STS file scored at the end (Spearman x 100, stored in bellm_adapter.json).")] = None,
-    dev_every: Annotated[Optional[int], typer.Option("--dev-every", min=1, help="Also score --dev every N steps; the best adapter so far is kept in OUTPUT/best.")] = None,
+    dev_pairs: Annotated[Optional[list[Path]], typer.Option("--dev-pairs", help="Labelled pair file(s) (jsonl, twitter-url, pit2015, mrpc) scored by mean AP x 100 of cosine; with --dev, models are chosen on the mean of the two. Repeatable.")] = None,
+    dev_every: Annotated[Optional[int], typer.Option("--dev-every", min=1, help="Also score the dev sets every N steps; the best adapter so far is kept in OUTPUT/best.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).", min=1)] = None,
@@ -74,10 +75,11 @@ def train_command(
         epochs=epochs, max_steps=max_steps, lr=lr, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum,
         w_contrastive=w_contrastive, w_angle=w_angle, w_cosent=w_cosent, seed=seed, resume=resume,
         checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
-        dev=str(dev) if dev else None, dev_every=dev_every, device=device, dtype=dtype,
+        dev=",".join(str(p) for p in [dev, *(dev_pairs or [])] if p) or None, dev_every=dev_every,
+        device=device, dtype=dtype,
     )
     start = time.perf_counter()
-    folder = train(cfg)
+    folder = train(cfg, dev_scorer(dev, dev_pairs or []))
     meta = json.loads((folder / "bellm_adapter.json").read_text(encoding="utf-8"))["training"]
     summary = {"output": str(folder), "steps": meta["steps"], "train_seconds": meta["train_seconds"],
                "seconds": round(time.perf_counter() - start, 1), "final_loss": meta["final_loss"],
@@ -85,6 +87,39 @@ def train_command(
     dev_text = "" if meta["dev_spearman"] is None else f", dev Spearman {meta['dev_spearman']:.2f}"
     note(f"trained {meta['steps']} steps in {meta['train_seconds']:.0f}s{dev_text}")
     emit(summary, as_json, f"adapter written to {folder}")
+
+
+def dev_scorer(sts: Path | None, pair_files: list[Path]) -> Any:
+    """The training callback scoring dev sets: "sts" (Spearman x 100 on an STS file), "ap:<file>"
+    (AP x 100 of cosine on labelled pairs) and "ap_mean"; models are chosen on "sts", on "ap_mean",
+    or with both on "mean" (their average). None when no dev set is given."""
+    import numpy as np
+
+    from bellm_search.eval.datasets import read_pairs, read_sts
+    from bellm_search.eval.metrics import average_precision, spearman
+    from bellm_search.training.loop import DevScorer
+
+    sets = ([("sts", read_sts(sts))] if sts else []) + [(f"ap:{p.name}", read_pairs(p)) for p in pair_files]
+    if not sets:
+        return None
+    texts = list(dict.fromkeys(t for _, pairs in sets for p in pairs for t in (p.text1, p.text2)))
+    row = {t: i for i, t in enumerate(texts)}
+    index = {name: (np.array([row[p.text1] for p in pairs]), np.array([row[p.text2] for p in pairs]),
+                    np.array([p.score if name == "sts" else p.label for p in pairs])) for name, pairs in sets}
+
+    def score(vecs: np.ndarray) -> dict[str, float]:
+        out = {}
+        for name, (a, b, gold) in index.items():
+            cos = np.einsum("ij,ij->i", vecs[a], vecs[b])
+            out[name] = 100.0 * (spearman(cos, gold) if name == "sts" else average_precision(cos, gold))
+        aps = [v for k, v in out.items() if k.startswith("ap:")]
+        if aps:
+            out["ap_mean"] = float(np.mean(aps))
+        if aps and sts:
+            out["mean"] = (out["sts"] + out["ap_mean"]) / 2
+        return out
+
+    return DevScorer(texts, score, "mean" if sts and pair_files else "sts" if sts else "ap_mean")
 
 
 def sts_score(pairs: list, encoder: Any) -> float:
@@ -110,7 +145,7 @@ def eval_sts_command(
 ) -> None:
     """Spearman x 100 of cosine similarity vs gold scores on an STS file."""
     from bellm_search.encoder import Encoder
-    from bellm_search.eval.metrics import read_sts
+    from bellm_search.eval.datasets import read_sts
 
     pairs = read_sts(file, fmt)  # type: ignore[arg-type]
     if len(pairs) < 2:

@@ -1,0 +1,113 @@
+"""The trainable model: LoRA on the top decoder layers, and forward passes over layer slices.
+
+``lower_states`` runs the frozen causal layers below the trained ones; ``top_forward`` runs the
+trained layers (and the final norm) from such states; ``full_forward`` runs everything from token
+ids. Right padding, causal lower layers and positions counted over real tokens make the lower
+states of a text independent of its batch, which is what lets cache.py store them.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from bellm_search.config import EncoderConfig
+from bellm_search.encoder.bidirectional import decoder_layers, make_bidirectional
+from bellm_search.encoder.encode import Encoder, pad_batch
+from bellm_search.encoder.loading import load_base_model
+from bellm_search.encoder.pooling import pool
+from bellm_search.errors import ConfigError
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def layer_owner(base: nn.Module) -> nn.Module:
+    """The module whose ``layers`` attribute holds the decoder layers."""
+    layers = decoder_layers(base)
+    for module in base.modules():
+        if getattr(module, "layers", None) is layers:
+            return module
+    raise TypeError(f"cannot find the owner of the decoder layers of {type(base).__name__}")
+
+
+@contextlib.contextmanager
+def layer_slice(base: nn.Module, start: int, stop: int | None = None, final_norm: bool = True) -> Iterator[None]:
+    """Run ``base`` with only decoder layers [start:stop] (and without its final norm)."""
+    owner = layer_owner(base)
+    full, norm = owner.layers, owner.norm
+    owner.layers = nn.ModuleList(list(full)[start:stop])
+    if not final_norm:
+        owner.norm = nn.Identity()
+    try:
+        yield
+    finally:
+        owner.layers, owner.norm = full, norm
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _device(base: nn.Module) -> torch.device:
+    return next(base.parameters()).device
+
+
+def lower_states(base: nn.Module, start: int, ids: list[list[int]], pad_id: int) -> list[torch.Tensor]:
+    """The states entering layer ``start`` for each sequence, unpadded, on CPU: [(L_i, H)]."""
+    input_ids, mask = (t.to(_device(base)) for t in pad_batch(ids, pad_id, "right"))
+    with torch.no_grad(), layer_slice(base, 0, start, final_norm=False):
+        hidden = base(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
+    return [hidden[i, : len(x)].cpu() for i, x in enumerate(ids)]
+
+
+def top_forward(base: nn.Module, start: int, states: Sequence[torch.Tensor], pooling: str) -> torch.Tensor:
+    """Pooled (B, H) output of layers [start:] + final norm, fed with lower states [(L_i, H)]."""
+    dev = _device(base)
+    hidden = nn.utils.rnn.pad_sequence(list(states), batch_first=True).to(dev)  # (B, L, H), right-padded
+    lengths = torch.tensor([len(s) for s in states], device=dev)
+    mask = (torch.arange(hidden.shape[1], device=dev)[None, :] < lengths[:, None]).long()
+    with layer_slice(base, start):
+        out = base(inputs_embeds=hidden, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
+    return pool(out, mask, pooling)
+
+
+def full_forward(base: nn.Module, ids: list[list[int]], pad_id: int, pooling: str) -> torch.Tensor:
+    input_ids, mask = (t.to(_device(base)) for t in pad_batch(ids, pad_id, "right"))
+    out = base(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
+    return pool(out, mask, pooling)
+
+
+def tokenize_texts(tokenizer: Any, config: EncoderConfig, texts: list[str]) -> list[list[int]]:
+    """Prompt-wrapped, truncated ids exactly as ``Encoder.tokenize`` makes them."""
+    enc = Encoder.__new__(Encoder)  # reuse the encoder's tokenisation without loading a model
+    enc.config, enc.tokenizer, enc.truncated = config, tokenizer, 0
+    return enc.tokenize(texts)
+
+
+def build_model(model_path: str, dtype: torch.dtype, device: torch.device, *, bidirectional_layers: int,
+                train_layers: int | None, lora_r: int, lora_alpha: int, lora_dropout: float,
+                lora_targets: Sequence[str], gradient_checkpointing: bool = False) -> tuple[nn.Module, nn.Module, int]:
+    """(peft model, its base ``*Model`` with the top k layers bidirectional, first LoRA layer).
+
+    LoRA on the top ``train_layers`` layers (every layer when None); everything else is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    base = load_base_model(model_path, dtype, None)
+    n_layers = len(decoder_layers(base))
+    if bidirectional_layers > n_layers or (train_layers or 0) > n_layers:
+        raise ConfigError(f"the model has {n_layers} layers: lower --bidirectional-layers/--train-layers")
+    start = 0 if train_layers is None else n_layers - train_layers
+    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                      target_modules=list(lora_targets), task_type=None,
+                      layers_to_transform=None if start == 0 else list(range(start, n_layers)),
+                      layers_pattern=None if start == 0 else "layers")
+    try:
+        model = get_peft_model(base, lora)
+    except ValueError as exc:
+        raise ConfigError(f"--lora-targets {','.join(lora_targets)}: {exc}") from None
+    make_bidirectional(model.get_base_model(), bidirectional_layers)
+    if gradient_checkpointing:
+        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.to(device), model.get_base_model(), start
