@@ -21,7 +21,8 @@ import pytest
 from bellm_search.serve.batcher import BatcherClosed, MicroBatcher, Overloaded
 from bellm_search.collection.core import Collection
 from bellm_search.errors import ConfigError
-from bellm_search.serve.app import ServerSettings, is_loopback, key_matches, where_strings
+from bellm_search.serve.service import where_strings
+from bellm_search.serve.settings import ServerSettings, is_loopback, key_matches
 from fakes import FakeEncoder
 
 HERE = Path(__file__).parent
@@ -76,15 +77,29 @@ def test_requests_queued_together_share_one_encoder_call_with_rows_in_order():
     assert batcher.stats.to_dict()["requests"] == 9
 
 
-def test_max_batch_bounds_each_call_and_a_big_request_runs_alone():
+def test_max_batch_bounds_each_call_and_a_big_request_is_split_around_newcomers():
     gate = threading.Event()
     enc = CountingEncoder(gate=gate)
     batcher = MicroBatcher(enc, max_batch=4, max_wait_ms=5)
     requests = [["a", "b"], ["c", "d"], ["e", "f"], ["g", "h", "i", "j", "k", "l"], ["m"]]
     results = gather(batcher, requests, hold=gate)
     batcher.close()
-    assert [len(c) for c in enc.calls] == [1, 4, 2, 6, 1]
-    assert [r.shape[0] for r in results] == [2, 2, 2, 6, 1]
+    # the big request starts in the third call; "m", never served, gets the next call to itself
+    assert enc.calls == [["hold"], ["a", "b", "c", "d"], ["e", "f", "g", "h"], ["m"], ["i", "j", "k", "l"]]
+    for req, rows in zip(requests, results):
+        np.testing.assert_array_equal(rows, FakeEncoder().encode(req))
+    assert batcher.stats.split_requests == 1
+
+
+def test_the_token_budget_splits_long_texts_and_a_lone_long_text_still_goes():
+    gate = threading.Event()
+    enc = CountingEncoder(gate=gate)
+    batcher = MicroBatcher(enc, max_batch=64, max_batch_tokens=100, max_wait_ms=5, cost=len)
+    long = ["x" * 60, "y" * 60, "z" * 150, "w" * 30]
+    results = gather(batcher, [long], hold=gate)
+    batcher.close()
+    assert [[len(t) for t in c] for c in enc.calls[1:]] == [[60], [60], [150], [30]]
+    np.testing.assert_array_equal(results[0], FakeEncoder().encode(long))
 
 
 def test_an_encoder_error_fails_only_its_own_batch():
@@ -320,13 +335,33 @@ def test_embed_returns_the_encoder_rows(server):
 
 def test_near_duplicates_match_or_none(server):
     client, _ = server
-    body = client.post("/near-duplicates", json={"texts": ["post d 5", "never stored text"]}).json()
-    from bellm_search.dedup.job import default_cosine_threshold
-
-    assert body["threshold"] == pytest.approx(default_cosine_threshold())  # the calibrated default
+    body = client.post("/near-duplicates", json={"texts": ["post d 5", "never stored text"], "threshold": 0.9}).json()
+    assert body["threshold"] == 0.9 and body["threshold_source"] == "request"
     assert [h["id"] for h in body["results"][0]] == ["d5"] and body["results"][1] == []
     loose = client.post("/near-duplicates", json={"text": "never stored text", "threshold": -1.0, "k": 4}).json()
     assert len(loose["results"][0]) == 4
+
+
+def test_near_duplicates_apply_the_shipped_calibration_only_to_its_own_encoder(server):
+    """calibration.json was tuned for the shipped adapter (its sha256): another encoder gets no default."""
+    client, _ = server
+    res = client.post("/near-duplicates", json={"text": "post d 5"})
+    assert res.status_code == 422, res.text
+    assert 'give "threshold"' in res.json()["error"] and "calibrat" in res.json()["error"]
+    assert client.get("/info").json()["server"]["near_duplicates_calibrated"] is False
+
+    from types import SimpleNamespace
+
+    from bellm_search.dedup.calibration import SHIPPED, PairModel, read_calibration
+    from bellm_search.serve.service import near_duplicate_calibration
+
+    shipped = read_calibration(SHIPPED)
+    same = near_duplicate_calibration(SimpleNamespace(path=ROOT / "no-such-dir",
+                                                      manifest={"encoder": {"adapter_sha256": shipped["adapter_sha256"]}}))
+    assert same.threshold == pytest.approx(PairModel.from_dict(shipped["model"]).cosine_threshold)
+    other = near_duplicate_calibration(SimpleNamespace(path=ROOT / "no-such-dir",
+                                                       manifest={"encoder": {"model": "m", "adapter_sha256": None}}))
+    assert other.threshold is None and '"threshold"' in other.reason
 
 
 def test_added_document_is_durable_found_and_deletable(server):
