@@ -526,3 +526,107 @@ def test_module_entry_serves_a_real_model_collection(tmp_path, tiny_llama):
         assert client.post("/embed", json={"text": "hello"}).json()["dim"] == 64
         assert client.delete("/documents/g").status_code == 200
         assert client.get("/info").json()["documents"] == 1
+
+
+# ----------------------------------------------------------------------------- fairness under a large request
+BIG_DOC_CHARS, BIG_DOCS = 3800, 256       # the in-limit request of issue 18: ~973 kB of text
+PER_CHAR_S = 8e-6                          # fake encoder cost: the big request is ~7.8 s of encoding
+FAIR = {"max_texts": 256, "max_request_tokens": 200_000, "max_batch_tokens": 1024, "timeout_s": 30.0,
+        "delay": 0.002, "per_char": PER_CHAR_S}
+
+
+def big_documents(tag: str) -> list[dict]:
+    return [{"id": f"{tag}{i}", "text": f"{tag} {i} " + "lorem ipsum dolor " * (BIG_DOC_CHARS // 18)} for i in range(BIG_DOCS)]
+
+
+def query_latencies(client: httpx.Client, stop: threading.Event | None = None, n: int = 0, clients: int = 4) -> list[float]:
+    """One-word queries from ``clients`` threads: ``n`` in all, or until ``stop`` is set."""
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    def one_client(c: int) -> None:
+        i = 0
+        while (stop is not None and not stop.is_set()) or (stop is None and i < n // clients):
+            t0 = time.perf_counter()
+            statuses.append(client.post("/query", json={"text": f"word{c}x{i}", "k": 3}).status_code)
+            latencies.append(time.perf_counter() - t0)
+            i += 1
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one_client, range(clients)))
+    assert set(statuses) == {200}, statuses
+    return latencies
+
+
+def p99(latencies: list[float]) -> float:
+    return float(np.percentile(latencies, 99))
+
+
+@pytest.fixture(scope="module")
+def fair(tmp_path_factory):
+    yield from fake_server(tmp_path_factory.mktemp("srv-fair"), FAIR)
+
+
+def test_a_large_request_does_not_stall_one_word_queries(fair):
+    """Issue 18: 256 documents of 3,800 characters (in limits) once held the encoder for their whole
+    encoding and every other request waited (503 after 30 s). Now the big request is encoded in
+    calls of <= max_batch_tokens and the queries get their turn between them."""
+    client, _ = fair
+    client.timeout = httpx.Timeout(60)
+    idle = query_latencies(client, n=40)
+    stop, answer = threading.Event(), {}
+
+    def big() -> None:
+        t0 = time.perf_counter()
+        res = client.post("/documents", json={"documents": big_documents("big")})
+        answer.update(status=res.status_code, body=res.json(), seconds=time.perf_counter() - t0)
+        stop.set()
+
+    writer = threading.Thread(target=big)
+    writer.start()
+    time.sleep(0.3)  # the big request is in the encoder
+    loaded = query_latencies(client, stop=stop)
+    writer.join()
+    print(f"\none-word query p99: idle {p99(idle) * 1000:.0f} ms ({len(idle)} queries), during the big request "
+          f"{p99(loaded) * 1000:.0f} ms ({len(loaded)} queries; the big request took {answer['seconds']:.1f} s)")
+    assert answer["status"] == 200 and answer["body"]["added"] == BIG_DOCS, answer
+    assert answer["seconds"] > 5 and len(loaded) >= 20  # the queries really ran during it
+    chunk_s = 1024 * 4 * PER_CHAR_S  # one call of the big request (<= 1024 estimated tokens)
+    assert p99(loaded) < p99(idle) + 4 * chunk_s + 0.5, (p99(idle), p99(loaded))
+    calls = client.get("/info").json()["server"]["encoder_calls"]
+    assert calls["split_requests"] >= 1
+
+
+def test_a_timed_out_request_is_dropped_from_the_encoder_queue(tmp_path):
+    """The 503 at the time limit also stops the work: the texts not yet encoded are dropped, and a
+    query right after is answered at once (it once waited for the rest of the big request)."""
+    with contextmanager(fake_server)(tmp_path, {**FAIR, "timeout_s": 1.5}) as (client, _):
+        t0 = time.perf_counter()
+        res = client.post("/documents", json={"documents": big_documents("late")}, timeout=60)
+        assert res.status_code == 503 and time.perf_counter() - t0 < 5, res.text
+        t0 = time.perf_counter()
+        assert client.post("/query", json={"text": "word", "k": 1}).status_code == 200
+        assert time.perf_counter() - t0 < 1.0
+        calls = client.get("/info").json()["server"]["encoder_calls"]
+        assert calls["dropped_texts"] > BIG_DOCS // 2 and calls["texts"] < BIG_DOCS // 2, calls
+        assert client.get("/info").json()["documents"] == 20  # nothing of it was written
+
+
+def test_a_request_over_the_token_budget_is_refused_at_once(tmp_path):
+    with contextmanager(fake_server)(tmp_path, {"max_texts": 256, "delay": 0.002, "per_char": PER_CHAR_S}) as (client, _):
+        t0 = time.perf_counter()
+        res = client.post("/documents", json={"documents": big_documents("huge")}, timeout=60)
+        assert res.status_code == 413 and time.perf_counter() - t0 < 3, res.text
+        assert "--max-request-tokens" in res.json()["error"] and "fewer or shorter" in res.json()["error"]
+        assert client.get("/info").json()["server"]["encoder_calls"]["texts"] == 0
+
+
+def test_empty_and_nul_texts_are_refused_like_the_cli(server):
+    client, _ = server
+    cases = [({"id": "e1", "text": ""}, "empty or whitespace"), ({"id": "e2", "text": " \n\t "}, "empty or whitespace"),
+             ({"id": "e3", "text": "a\x00b"}, "NUL character"), ({"id": "e\n4", "text": "fine"}, "newline or NUL")]
+    before = client.get("/info").json()["documents"]
+    for doc, words in cases:
+        res = client.post("/documents", json={"documents": [{"id": "ok1", "text": "good"}, doc]})
+        assert res.status_code == 422 and words in res.json()["error"] and "document 1" in res.json()["error"], res.text
+    assert client.get("/info").json()["documents"] == before  # the whole request is refused
