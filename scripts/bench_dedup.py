@@ -209,11 +209,10 @@ def _dedup_worker(path: str, threshold: float, weight: float, queue: mp.Queue) -
     from bellm_search.collection.core import Collection
     from bellm_search.pairs.score import PairScore
     from bellm_search.dedup.job import default_score, find_clusters
-    from fakes_free import NoEncoder  # type: ignore
 
     score = PairScore(weight, default_score().cosine_floor)
     t = time.perf_counter()
-    with Collection.open(Path(path), readonly=True, encoder=NoEncoder.from_manifest(path)) as coll:
+    with Collection.open(Path(path), readonly=True) as coll:
         t_open = time.perf_counter() - t
         t = time.perf_counter()
         found, live, _ = find_clusters(coll, threshold, k=10, score=score)
@@ -224,7 +223,7 @@ def _dedup_worker(path: str, threshold: float, weight: float, queue: mp.Queue) -
             cluster_of[members] = c
         queue.put({"seconds": seconds, "open_seconds": t_open, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    "pairs": np.stack([pi, pj], 1), "cluster_of": cluster_of, "clusters": len(found.members),
-                   "index": coll.index.describe()["factory"]})
+                   "index": coll.load_index().describe()["factory"]})
 
 
 def exact_pairs(vecs: np.ndarray, ids: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
@@ -273,7 +272,8 @@ def scale(args: argparse.Namespace) -> None:
 
     from bellm_search.collection.core import Collection
     from bellm_search.dedup.job import resolve_scoring
-    from bellm_search.index.faiss_index import IndexConfig
+    from bellm_search.config import IndexConfig
+    from bellm_search.encoder.resolve import resolve_config
 
     vecs_all = np.load(args.vectors).astype(np.float32)
     texts = tweets()[:len(vecs_all)]
@@ -284,8 +284,7 @@ def scale(args: argparse.Namespace) -> None:
     for n in [int(x) or len(vecs_all) for x in args.sizes.split(",")]:
         tmp = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
         try:
-            enc = _StubEncoder(vecs_all.shape[1])
-            coll = Collection.create(tmp / "c", encoder=enc, normalize_social=True, index_config=IndexConfig())
+            coll = Collection.create(tmp / "c", resolve_config(), vecs_all.shape[1], IndexConfig(), normalize_social=True)
             coll.ingest(({"id": str(i), "text": t} for i, t in enumerate(texts[:n])), vectors=vecs_all[:n], chunk_size=8192)
             ids, vecs = map(np.concatenate, zip(*coll.store.iter_vectors()))
             text_of = {int(i): coll.store.get_doc(int(i))["text"] for i in ids.tolist()} if score.lexical else {}
@@ -307,20 +306,6 @@ def scale(args: argparse.Namespace) -> None:
                   f"{t_exact / res['seconds']:7.1f}x {len(ours):>8} {len(ex):>8} {raw:8.4f} {clustered:9.4f}", flush=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-class _StubEncoder:
-    """Vectors are given; the manifest records the default encoder's identity."""
-
-    def __init__(self, dim: int) -> None:
-        from bellm_search.encoder.resolve import resolve_config
-
-        self.config = resolve_config()
-        self.dim = dim
-        self.truncated = 0
-
-    def encode(self, texts, **_):  # never called: vectors are passed to ingest
-        raise RuntimeError("the benchmark passes vectors; nothing is encoded")
 
 
 def main() -> None:

@@ -35,10 +35,10 @@ def rss_mb() -> float:
 
 def one(n: int, chunk: int, queue: mp.Queue) -> None:
     import numpy as np
-    from bench_dedup import _StubEncoder
     from embed_tweets import tweets
 
     from bellm_search.collection.core import Collection
+    from bellm_search.encoder.resolve import resolve_config
 
     vecs = np.load(VECTORS, mmap_mode="r")
     texts = tweets()[:n or len(vecs)]
@@ -46,7 +46,7 @@ def one(n: int, chunk: int, queue: mp.Queue) -> None:
     before = rss_mb()
     tmp = Path(tempfile.mkdtemp(prefix="ingest-mem-"))
     try:
-        coll = Collection.create(tmp / "c", encoder=_StubEncoder(vecs.shape[1]), normalize_social=True)
+        coll = Collection.create(tmp / "c", resolve_config(), vecs.shape[1], normalize_social=True)
         records = ({"id": str(i), "text": t} for i, t in enumerate(texts))
         t0 = time.perf_counter()
         coll.ingest(records, chunk_size=chunk, vectors=vecs[:n])  # memory-mapped: one chunk is read at a time

@@ -96,7 +96,7 @@ def install_points(spec: dict[str, Any]) -> None:
     import faiss
 
     from bellm_search import store
-    from bellm_search.collection import core as collection
+    from bellm_search.collection import manifest as collection
     from bellm_search.dedup import job as dedup_job
     from bellm_search.index import faiss_index as index
 

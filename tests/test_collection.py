@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bellm_search.collection.core import Collection, parse_where
+from bellm_search.collection.core import Collection
+from bellm_search.collection.search import parse_where
 from bellm_search.errors import CollectionError
-from bellm_search.index.faiss_index import IndexConfig
+from bellm_search.config import IndexConfig
+from bellm_search.collection.index_state import IndexState
 from fakes import FakeEncoder
 
 HERE = Path(__file__).parent
@@ -107,14 +109,14 @@ def test_deleting_a_first_copy_promotes_its_earliest_exact_copy(tmp_path, togeth
         # keeps its arrival order: --keep first still keeps it, not the copy that came after it
         assert coll.store.get_doc(coll.store.lookup_key("c"))["dup_of"] == coll.store.lookup_key("b")
         assert coll.store.lookup_key("b") > coll.store.lookup_key("c")
-        res = run_dedup(coll, threshold=0.99, output=tmp_path / "out.jsonl")
+        res = run_dedup(coll, 0.99, output=tmp_path / "out.jsonl")
         assert (res.clusters, res.removed) == (1, 1)
         assert '"keep": "b", "members": ["c", "b"]' in (tmp_path / "out.jsonl").read_text()
     coll.ingest([{"id": "x", "text": "BIG sale today!"}])  # the text hash moved with the vector
     assert coll.store.get_doc(coll.store.lookup_key("x"))["dup_of"] == coll.store.lookup_key(first)
     coll.close()
     with Collection.open(tmp_path / "c", encoder=FakeEncoder()) as again:  # durable, index consistent
-        assert again.check()["problems"] == [] and again.index.ntotal == 2
+        assert again.check()["problems"] == [] and again.load_index().ntotal == 2
         assert again.query_vectors(xq, k=1)[0][0].id == first
 
 
@@ -130,7 +132,7 @@ def test_reindex_ivfpq_from_stored_vectors_without_encoding(tmp_path):
     assert coll.index.ntotal == 2100 and coll.query("post d 2050", k=1, nprobe=16)[0].id == "d2050"
     coll.close()
     again = Collection.open(tmp_path / "c", encoder=FakeEncoder())
-    assert again.index.ntotal == 2100 and "IVF16" in again.info()["index"]["factory"]
+    assert again.load_index().ntotal == 2100 and "IVF16" in again.info()["index"]["factory"]
 
 
 def test_automatic_growth_from_flat_to_ivfpq(tmp_path):
@@ -147,8 +149,8 @@ def test_automatic_growth_from_flat_to_ivfpq(tmp_path):
 def test_growth_happens_during_a_long_ingest_so_memory_holds_one_bounded_flat(tmp_path, monkeypatch):
     coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(), index_config=IndexConfig(flat_max=1000))
     built_at = []
-    build = Collection._build_index
-    monkeypatch.setattr(Collection, "_build_index", lambda self, f: built_at.append(self.store.num_vectors()) or build(self, f))
+    build = IndexState.build
+    monkeypatch.setattr(IndexState, "build", lambda self, **kw: built_at.append(self.store.num_vectors()) or build(self, **kw))
     coll.ingest(docs(5000), chunk_size=500)
     assert built_at[-1] == 1500  # the first chunk past flat_max, not the end of the ingest
     assert "IVF" in coll.index.factory and coll.index.ntotal == 5000 and coll.check()["problems"] == []
@@ -168,18 +170,18 @@ def test_open_missing_or_corrupt(tmp_path):
     coll.close()
     (tmp_path / "c" / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(CollectionError, match="check --repair"):
-        Collection.open(tmp_path / "c", encoder=FakeEncoder()).index
+        Collection.open(tmp_path / "c", encoder=FakeEncoder()).load_index()
 
 
 def test_index_catches_up_after_crash_between_commit_and_save(tmp_path):
     coll, _ = make(tmp_path, n=20)
     # simulate: records committed to LMDB but the index never saved (process died)
-    from bellm_search.collection.core import IngestStats, to_record
+    from bellm_search.collection.ingest import IngestStats, ingest_chunk, to_record
 
-    coll._ingest_chunk([to_record(d, i) for i, d in enumerate(docs(30)[20:])], IngestStats(), coll.index, None)
+    ingest_chunk(coll, [to_record(d, i) for i, d in enumerate(docs(30)[20:])], IngestStats(), None)
     coll.close()
     again = Collection.open(tmp_path / "c", encoder=FakeEncoder())
-    assert again.index.ntotal == 30 and again.query("post d 25", k=1)[0].id == "d25"
+    assert again.load_index().ntotal == 30 and again.query("post d 25", k=1)[0].id == "d25"
 
 
 def _run_ingest(path, n, chunk, delay):
@@ -213,7 +215,7 @@ def test_sigkill_mid_ingest_then_resume(tmp_path, kill_after):
     coll = Collection.open(path, encoder=FakeEncoder())
     ids = [doc["id"] for _, doc in coll.store.iter_docs()]
     assert len(ids) == n == len(set(ids)) == coll.store.count()
-    assert coll.index.ntotal == n
+    assert coll.load_index().ntotal == n
     _, I = coll.index.search(coll.store.get_vectors(np.arange(n)), 1)
     assert sorted(I[:, 0].tolist()) == list(range(n))  # every stored vector in the index exactly once
 
@@ -272,3 +274,102 @@ def test_check_detects_corrupt_index_and_repair_fixes_it(tmp_path):
     coll.close()
     again = Collection.open(tmp_path / "c", encoder=FakeEncoder())
     assert again.check()["ok"] and again.query("post d 3", k=1)[0].id == "d3"
+
+
+# ----------------------------------------------------------------------------- create / open / manifest
+def test_create_from_a_config_and_dim_builds_no_encoder(tmp_path):
+    from bellm_search.config import EncoderConfig
+
+    with Collection.create(tmp_path / "c", EncoderConfig(model="fake-model"), 16) as coll:
+        assert coll._encoder is None and coll.dim == 16
+        coll.ingest(docs(5), vectors=FakeEncoder().encode([d["text"] for d in docs(5)]))
+        assert coll._encoder is None and coll.store.count() == 5
+    with Collection.open(tmp_path / "c", encoder=FakeEncoder()) as coll:
+        assert coll.query("post d 3", k=1)[0].id == "d3"
+
+
+def test_the_index_is_loaded_explicitly(tmp_path):
+    coll, _ = make(tmp_path)
+    coll.close()
+    with Collection.open(tmp_path / "c", encoder=FakeEncoder()) as again:
+        with pytest.raises(CollectionError, match="load_index"):
+            again.index  # noqa: B018 - reading it does not load it
+        assert again.load_index() is again.load_index() is again.index and again.index.ntotal == 50
+
+
+def test_runtime_options_pass_through_when_identity_options_are_given(tmp_path):
+    """13.2.1: `ingest -c C --model M --device cuda:1` ran on the default device."""
+    coll, _ = make(tmp_path)
+    coll.close()
+    runtime = {"device": "cuda:1", "dtype": "float32", "batch_size": 7, "max_batch_tokens": 999}
+    for identity in ({"model": "fake-model", "adapter": "none"}, {}):
+        with Collection.open(tmp_path / "c", **identity, **runtime) as again:
+            config = again.encoder_config
+            assert (config.device, config.dtype, config.batch_size, config.max_batch_tokens) == tuple(runtime.values())
+    with pytest.raises(CollectionError, match="different encoder"):
+        Collection.open(tmp_path / "c", model="other-model", adapter="none", device="cpu")
+
+
+@pytest.mark.parametrize("field, value", [("normalize_social", "no"), ("normalize_social", 1), ("dim", 16.0),
+                                          ("dim", True), ("dim", 0)])
+def test_a_manifest_field_of_the_wrong_type_is_refused(tmp_path, field, value):
+    import json
+
+    coll, _ = make(tmp_path)
+    coll.close()
+    file = tmp_path / "c" / "manifest.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), field: value}))
+    with pytest.raises(CollectionError, match=f"{field} has an invalid value"):
+        Collection.open(tmp_path / "c", encoder=FakeEncoder())
+
+
+@pytest.mark.parametrize("section, field, value", [("encoder", "max_length", "512"), ("encoder", "pooling", "max"),
+                                                   ("index_config", "opq", "false"), ("index", "indexed_upto", -1),
+                                                   ("index_config", "nprobe", 2**40)])
+def test_a_manifest_section_field_of_the_wrong_type_is_refused(tmp_path, section, field, value):
+    import json
+
+    coll, _ = make(tmp_path)
+    coll.close()
+    file = tmp_path / "c" / "manifest.json"
+    data = json.loads(file.read_text())
+    data[section][field] = value
+    file.write_text(json.dumps(data))
+    with pytest.raises(CollectionError, match=rf"{section}\.{field} has an invalid value"):
+        Collection.open(tmp_path / "c", encoder=FakeEncoder())
+
+
+# ----------------------------------------------------------------------------- every index from the stored vectors
+def answers(coll, xq) -> list:
+    return [[h.to_dict() for h in row] for row in coll.query_vectors(xq, k=10)]
+
+
+def test_repair_and_rebuild_answer_exactly_as_the_ingest_time_index(tmp_path):
+    """13.2.3: the ingest-time index held the encoder's float32 vectors, every rebuild the stored fp16
+    ones, so `check --repair` changed query scores. Now every path builds from the stored vectors."""
+    coll, enc = make(tmp_path, n=300)
+    xq = enc.encode([f"post d {i}" for i in range(0, 300, 7)] + ["something new"])
+    before = answers(coll, xq)
+    coll.close()
+    index_file = tmp_path / "c" / "index.faiss"
+    with Collection.open(tmp_path / "c", encoder=FakeEncoder()) as again:
+        assert answers(again, xq) == before  # the saved file
+        index_file.write_bytes(index_file.read_bytes()[:200])
+        assert again.check(repair=True)["repaired"]
+        assert answers(again, xq) == before  # repaired
+        again.reindex()
+        assert answers(again, xq) == before  # rebuilt with the same settings
+    with Collection.open(tmp_path / "c", encoder=FakeEncoder()) as again:
+        assert answers(again, xq) == before
+
+
+def test_catch_up_answers_exactly_as_the_ingesting_process(tmp_path):
+    from bellm_search.collection.ingest import IngestStats, ingest_chunk, to_record
+
+    coll, enc = make(tmp_path, n=200)
+    ingest_chunk(coll, [to_record(d, i) for i, d in enumerate(docs(300)[200:])], IngestStats(), None)
+    xq = enc.encode([f"post d {i}" for i in range(0, 300, 7)])
+    live = answers(coll, xq)
+    coll.close()  # killed before the index save: the next open catches up from the store
+    with Collection.open(tmp_path / "c", encoder=FakeEncoder()) as again:
+        assert again.load_index().ntotal == 300 and answers(again, xq) == live

@@ -195,7 +195,7 @@ def verify(path: Path, deleted: set[str], current: bool, maybe_deleted: tuple[st
                 assert sid not in live and store.get_doc(key) is None, f"deleted {sid!r} is live"
         assert deleted <= tombstoned, f"not deleted: {sorted(deleted - tombstoned)[:5]}"
 
-        index = coll.index  # loaded and caught up, as every command sees it
+        index = coll.load_index()  # loaded and caught up, as every command sees it
         got = index_ids(index)
         assert len(got) == len(set(got)), f"index holds {len(got) - len(set(got))} ids twice"
         assert index.ntotal == len(vec_ids) and set(got) == set(vec_ids.tolist()), \

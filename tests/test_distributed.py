@@ -14,8 +14,9 @@ pq = pytest.importorskip("pyarrow.parquet")
 from bellm_search.distributed import shards  # noqa: E402
 from bellm_search.collection.core import Collection  # noqa: E402
 from bellm_search.corpus import CorpusOptions, read_corpus  # noqa: E402
-from bellm_search.distributed.ray_embed import (  # noqa: E402
-    GivenVectors, ShardWriter, embed_with_ray, encoder_cpus, import_ray, ingest_from_embeddings)
+from bellm_search.distributed.ingest import ingest_from_embeddings, ingest_with_ray  # noqa: E402
+from bellm_search.distributed.ray_embed import embed_with_ray, encoder_cpus, import_ray  # noqa: E402
+from bellm_search.distributed.shards import ShardWriter  # noqa: E402
 from bellm_search.errors import CollectionError, ConfigError, CorpusError, MissingDependency  # noqa: E402
 
 WORDS = "the man woman dog cat is playing guitar piano riding horse stock market crashed today sun rain".split()
@@ -121,7 +122,7 @@ def test_from_embeddings_round_trip_and_resume(embedded, tmp_path, corpus):
 def test_ingest_with_ray_chains_embedding_and_ingest_in_a_temporary_folder(embedded, tmp_path, opts, monkeypatch):
     import shutil
 
-    import bellm_search.distributed.ray_embed as distributed
+    import bellm_search.distributed.ray_embed as ray_embed
 
     seen = {}
 
@@ -130,8 +131,8 @@ def test_ingest_with_ray_chains_embedding_and_ingest_in_a_temporary_folder(embed
         shutil.copytree(embedded[0], output_dir, dirs_exist_ok=True)
         return {"rows": 38}
 
-    monkeypatch.setattr(distributed, "embed_with_ray", fake_embed)
-    summary, stats = distributed.ingest_with_ray(tmp_path / "c", ["x.jsonl"], encoder_options=opts)
+    monkeypatch.setattr(ray_embed, "embed_with_ray", fake_embed)
+    summary, stats = ingest_with_ray(tmp_path / "c", ["x.jsonl"], encoder_options=opts)
     assert summary == {"rows": 38} and stats.added == 38
     assert seen["where"].parent == tmp_path and not seen["where"].exists()  # beside the collection, then gone
     assert seen["config"].model == opts["model"]
@@ -144,7 +145,7 @@ def test_from_embeddings_refuses_shards_of_another_encoder(embedded, tmp_path, o
 
     out, _ = embedded
     other = resolve_config(**opts, bidirectional_layers=2)
-    Collection.create(tmp_path / "other", encoder=GivenVectors(other, 64)).close()
+    Collection.create(tmp_path / "other", other, 64).close()
     with pytest.raises(CollectionError, match="different encoder"):
         ingest_from_embeddings(tmp_path / "other", out)
     with pytest.raises(CollectionError, match="different encoder"):

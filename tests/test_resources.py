@@ -42,7 +42,8 @@ fake = types.ModuleType("bellm_search.encoder.encode")
 fake.Encoder = Encoder
 sys.modules["bellm_search.encoder.encode"] = fake
 
-import bellm_search.collection.core as collection
+import bellm_search.collection.ingest as ingest
+import bellm_search.collection.manifest as manifest
 import bellm_search.index.faiss_index as index
 
 def limit_files():
@@ -50,11 +51,11 @@ def limit_files():
     size = int(os.environ["FSIZE"])
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
-ingest_chunk = collection.Collection._ingest_chunk
-def reporting(self, chunk, *args, **kwargs):  # one LMDB transaction per chunk: report each commit
-    ingest_chunk(self, chunk, *args, **kwargs)
+ingest_chunk = ingest.ingest_chunk
+def reporting(coll, chunk, *args, **kwargs):  # one LMDB transaction per chunk: report each commit
+    ingest_chunk(coll, chunk, *args, **kwargs)
     print("committed", ",".join(r.id for r in chunk), flush=True)
-collection.Collection._ingest_chunk = reporting
+ingest.ingest_chunk = reporting
 
 when = os.environ.get("FSIZE_AT")
 if when == "start":
@@ -66,11 +67,11 @@ elif when == "index":
         save(self, *args, **kwargs)
     index.VectorIndex.save = limited_save
 elif when == "manifest":
-    write = collection.write_json_atomic
+    write = manifest.write_json_atomic
     def limited_write(*args, **kwargs):
         limit_files()
         write(*args, **kwargs)
-    collection.write_json_atomic = limited_write
+    manifest.write_json_atomic = limited_write
 
 from bellm_search.cli.main import main
 main(sys.argv[1:])
@@ -121,7 +122,7 @@ def assert_consistent(path: Path, ids: list[str]) -> None:
         assert report["ok"], report
         assert coll.store.count() == len(ids)
         assert [doc["id"] for _, doc in coll.store.iter_docs()] == ids
-        assert coll.index.ntotal == len(ids)
+        assert coll.load_index().ntotal == len(ids)
     assert not [p.name for p in path.rglob("*tmp*")], "temporary files left behind"
 
 

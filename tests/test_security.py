@@ -101,7 +101,7 @@ class Boom:
 def test_a_pickled_embedding_shard_is_refused_without_unpickling(tmp_path, capsys):
     pytest.importorskip("pyarrow")
     from bellm_search.distributed import shards
-    from bellm_search.distributed.ray_embed import encoder_record
+    from bellm_search.collection.manifest import encoder_record
 
     texts = ["one", "two"]
     root = tmp_path / "shards"

@@ -1,8 +1,7 @@
-"""Beyond one machine: Ray Data encoding into embedding shards, and collections built from shards.
+"""Beyond one machine: Ray Data encoding into embedding shards (``distributed.shards``; a
+collection is built from them by ``distributed.ingest``).
 
     embed_with_ray(inputs, DIR, ...)            JSONL -> Ray Data -> encoder actor pool -> DIR/emb, DIR/meta
-    ingest_from_embeddings(COLL, DIR, ...)      shards made anywhere -> LMDB + index (no re-encoding)
-    ingest_with_ray(COLL, inputs, ...)          the two chained
 
 Pipeline: one read task per input file (the project's validated corpus reader, so ids, metadata
 and ``path:line`` errors are exactly those of the local path), cut into ``batch_size`` blocks ->
@@ -22,11 +21,9 @@ import glob
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from bellm_search import __version__
-from bellm_search.collection.core import IngestStats
-from bellm_search.config import EMBEDDED_MODEL, EncoderConfig
+from bellm_search.collection.manifest import encoder_record
+from bellm_search.config import EncoderConfig
 from bellm_search.corpus import CorpusOptions, ReadStats, read_corpus
-from bellm_search.errors import BellmError, CollectionError, ConfigError, CorpusError, MissingDependency
+from bellm_search.errors import BellmError, ConfigError, CorpusError, MissingDependency
 from bellm_search.distributed import shards
 
 log = logging.getLogger(__name__)
@@ -71,19 +68,13 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
-def _as_config(encoder: dict[str, Any] | EncoderConfig) -> EncoderConfig:
+def as_config(encoder: dict[str, Any] | EncoderConfig) -> EncoderConfig:
+    """Encoder options (as for ``resolve_config``) or a ready config -> the config."""
     if isinstance(encoder, EncoderConfig):
         return encoder
     from bellm_search.encoder.resolve import resolve_config
 
     return resolve_config(**encoder)
-
-
-def encoder_record(config: EncoderConfig) -> dict[str, Any]:
-    """The encoder as a collection manifest records it (identity + how to rebuild)."""
-    from bellm_search.collection.core import _encoder_record
-
-    return _encoder_record(config)
 
 
 # ----------------------------------------------------------------------------- Ray stages
@@ -172,56 +163,6 @@ class EncodeActor:
 
 
 # ----------------------------------------------------------------------------- the driver side
-class ShardWriter:
-    """Buffers ordered rows and writes full shards; drops (and counts) error rows."""
-
-    def __init__(self, root: Path, shard_rows: int) -> None:
-        self.root, self.shard_rows = root, shard_rows
-        self.parts: list[dict[str, np.ndarray]] = []
-        self.buffered = self.shards = self.rows = self.invalid = 0
-        self.dim: int | None = None
-        self.problems: list[str] = []
-        self.last_key = (-1, -1)
-
-    def add(self, batch: dict[str, np.ndarray]) -> None:
-        self._check_order(batch["file_no"], batch["line"])
-        bad = batch["error"] != ""
-        self.invalid += int(bad.sum())
-        self.problems.extend(str(e) for e in batch["error"][bad][: max(0, 5 - len(self.problems))])
-        keep = {k: v[~bad] for k, v in batch.items()}
-        if not len(keep["id"]):
-            return
-        self.dim = int(keep["embedding"].shape[1])
-        self.parts.append(keep)
-        self.buffered += len(keep["id"])
-        while self.buffered >= self.shard_rows:
-            self._flush(self.shard_rows)
-
-    def close(self) -> None:
-        if self.buffered:
-            self._flush(self.buffered)
-
-    def _check_order(self, file_no: np.ndarray, line: np.ndarray) -> None:
-        keys = list(zip(file_no.tolist(), line.tolist()))
-        if keys and (keys[0] <= self.last_key or any(a >= b for a, b in zip(keys, keys[1:]))):
-            raise RuntimeError(f"rows arrived out of input order near (file, line) {keys[0]}: "
-                               "Ray Data did not preserve order (a bug)")
-        if keys:
-            self.last_key = keys[-1]
-
-    def _flush(self, n: int) -> None:
-        merged = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
-        head = {k: v[:n] for k, v in merged.items()}
-        rest = {k: v[n:] for k, v in merged.items()}
-        self.parts = [rest] if len(rest["id"]) else []
-        self.buffered -= n
-        rows = shards.ShardRows(head["embedding"], head["id"].tolist(), head["text"].tolist(),
-                                head["meta"].tolist(), head["source"].tolist(), head["line"])
-        shards.write_shard(self.root, self.shards, rows)
-        self.shards += 1
-        self.rows += n
-
-
 @contextmanager
 def ray_session(address: str | None) -> Iterator[Any]:
     """Use the running Ray session, or connect/start one (``address``: None = local, "auto",
@@ -314,9 +255,9 @@ def embed_with_ray(inputs: list[str], output_dir: Path, encoder_options: dict[st
     if shards.has_shards(output_dir):
         raise ConfigError(f"{output_dir} already holds embedding shards: choose a new --output-dir or delete it")
     files = expand_inputs(inputs)
-    config = _as_config(encoder_options)
+    config = as_config(encoder_options)
     start = time.perf_counter()
-    writer = ShardWriter(output_dir, shard_rows)
+    writer = shards.ShardWriter(output_dir, shard_rows)
     with ray_session(address) as ray, _ordered(ray):
         if cpus_per_encoder is None:
             cpus_per_encoder = encoder_cpus(ray.cluster_resources().get("CPU", 0.0), num_encoders, gpus_per_encoder)
@@ -354,121 +295,3 @@ def _check_embed_args(num_encoders: int, gpus: float, batch_size: int, shard_row
         raise ConfigError("--batch-size and the shard size must be >= 1")
     if retries < 0:
         raise ConfigError("max_retries must be >= 0")
-
-
-# ----------------------------------------------------------------------------- shards -> collection
-class GivenVectors:
-    """Stands in for the encoder while a collection is built from shards: the vectors are given."""
-
-    def __init__(self, config: EncoderConfig, dim: int) -> None:
-        self.config, self.dim, self.truncated = config, dim, 0
-
-    def encode(self, texts: list[str], **_: Any) -> np.ndarray:
-        raise CollectionError("building from embedding shards: nothing should be encoded here (a bug)")
-
-
-def config_from_record(record: dict[str, Any]) -> EncoderConfig:
-    """Rebuild the encoder a shard set (or manifest) records; the adapter must exist here."""
-    from bellm_search.encoder.resolve import default_adapter_dir
-
-    adapter = record.get("adapter")
-    adapter = str(default_adapter_dir()) if adapter == "default" else adapter
-    settings = {k: record[k] for k in ("bidirectional_layers", "pooling", "prompt", "max_length", "padding_side")
-                if k in record}
-    model = None if record.get("model") == EMBEDDED_MODEL else record.get("model")
-    return EncoderConfig(model=model, adapter=adapter if adapter not in (None, "none") else None, **settings)
-
-
-def check_same_space(ours: dict[str, Any], theirs: dict[str, Any], what: str) -> None:
-    """Refuse vectors from another encoder: compare the identity keys of two encoder records."""
-    from bellm_search.collection.core import IDENTITY_KEYS
-
-    diff = {k: (ours.get(k), theirs.get(k)) for k in IDENTITY_KEYS if ours.get(k) != theirs.get(k)}
-    if diff:
-        raise CollectionError(f"{what} were made with a different encoder {diff} (expected, shards): vectors from "
-                              "different encoders cannot be mixed; re-embed with the same --model/--adapter options")
-
-
-def _open_or_create(path: Path, info: dict[str, Any], encoder_options: dict[str, Any] | EncoderConfig | None,
-                    normalize_social: bool) -> Any:
-    from bellm_search.collection.core import MANIFEST, Collection, encoder_identity
-
-    if (path / MANIFEST).is_file():
-        if isinstance(encoder_options, EncoderConfig):
-            coll = Collection.open(path, encoder=encoder_options)
-        else:
-            coll = Collection.open(path, **(encoder_options or {}))
-        try:
-            check_same_space(coll.manifest["encoder"], info["encoder"], f"these shards (collection {path})")
-            if coll.dim != info["dim"]:
-                raise CollectionError(f"shards have {info['dim']} dims, collection {path} has {coll.dim}")
-        except CollectionError:
-            coll.close()
-            raise
-        return coll
-    config = _as_config(encoder_options) if encoder_options else config_from_record(info["encoder"])
-    check_same_space(encoder_identity(config), info["encoder"], "these shards (given encoder options)")
-    return Collection.create(path, encoder=GivenVectors(config, int(info["dim"])), normalize_social=normalize_social)
-
-
-def ingest_from_embeddings(collection_path: Path, shards_dir: Path, *,
-                           encoder_options: dict[str, Any] | EncoderConfig | None = None, chunk_size: int = 2048,
-                           normalize_social: bool = False, skip_near_duplicates: float | None = None,
-                           progress: Callable[[int], Any] | None = None, wait: bool = True) -> IngestStats:
-    """Build or extend a collection from shards (read in order, a chunk at a time), encoding nothing.
-
-    New collections take the encoder the shards record (or ``encoder_options``, which must describe
-    the same space); existing ones must match it. Known ids are skipped, so re-running resumes."""
-    shards_dir = Path(shards_dir)
-    info = shards.read_config(shards_dir)
-    pairs = shards.list_shards(shards_dir)
-    if len(pairs) != info["shards"]:
-        raise ConfigError(f"{shards_dir}: {len(pairs)} shards on disk, {info['shards']} recorded in "
-                          f"{shards.CONFIG_FILE}: copy the whole directory")
-    total = IngestStats(invalid=int(info.get("invalid_lines", 0)))
-    if not pairs:  # an empty corpus: nothing to add, no dimension to create a collection with
-        return total
-    for emb, meta in pairs:
-        shards.check_aligned(emb, meta, int(info["dim"]))
-    # One ingest over all shards: LMDB still commits chunk by chunk (resumable), but the index is
-    # trained and saved once, not rewritten after every shard.
-    records = (rec for _, meta in pairs for rec in shards.iter_records(meta))
-    vectors = shards.ConcatRows([shards.read_vectors(emb) for emb, _ in pairs])
-    with _open_or_create(Path(collection_path), info, encoder_options, normalize_social) as coll:
-        stats = coll.ingest(records, vectors=vectors, chunk_size=chunk_size,
-                            skip_near_duplicates=skip_near_duplicates, progress=progress, wait=wait)
-    stats.invalid = total.invalid
-    return stats
-
-
-def ingest_with_ray(collection_path: Path, inputs: list[str], *, encoder_options: dict[str, Any],
-                    shards_dir: Path | None = None, address: str | None = None, num_encoders: int = 1,
-                    gpus_per_encoder: float = 0.0, text_field: str = "text", id_field: str = "id",
-                    batch_size: int = 256, skip_invalid: bool = False, chunk_size: int = 2048,
-                    normalize_social: bool = False, skip_near_duplicates: float | None = None,
-                    progress: Callable[[int], Any] | None = None,
-                    wait: bool = True) -> tuple[dict[str, Any], IngestStats]:
-    """``ingest --engine ray``: embed with Ray into shards, then ingest them. Without ``shards_dir``
-    the shards go to a temporary folder beside the collection, removed afterwards."""
-    from bellm_search.collection.core import MANIFEST, Collection
-
-    collection_path = Path(collection_path)
-    if (collection_path / MANIFEST).is_file():  # embed with the collection's own encoder
-        with Collection.open(collection_path, **encoder_options) as coll:
-            config = coll.encoder_config
-    else:
-        config = _as_config(encoder_options)
-    collection_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = None if shards_dir else tempfile.mkdtemp(prefix=f".{collection_path.name}.shards-", dir=collection_path.parent)
-    where = Path(shards_dir or temp)
-    try:
-        summary = embed_with_ray(inputs, where, config, address=address, num_encoders=num_encoders,
-                                 gpus_per_encoder=gpus_per_encoder, text_field=text_field, id_field=id_field,
-                                 batch_size=batch_size, skip_invalid=skip_invalid)
-        stats = ingest_from_embeddings(collection_path, where, encoder_options=config, chunk_size=chunk_size,
-                                       normalize_social=normalize_social, skip_near_duplicates=skip_near_duplicates,
-                                       progress=progress, wait=wait)
-    finally:
-        if temp:
-            shutil.rmtree(temp, ignore_errors=True)
-    return summary, stats

@@ -11,7 +11,6 @@ renamed, so a shard either exists whole or not at all. numpy and pyarrow only: n
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from bellm_search._fs import atomic_write, read_json_object, write_json_atomic
 from bellm_search.corpus import Record
-from bellm_search.errors import ConfigError
+from bellm_search.errors import BellmError, ConfigError
 
 EMB_DIR, META_DIR, CONFIG_FILE = "emb", "meta", "embedding_config.json"
 FORMAT = "bellm-search-embeddings"
@@ -65,42 +65,80 @@ def _pyarrow() -> Any:
 
 
 # ----------------------------------------------------------------------------- writing
-def _replace_atomic(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
 def write_shard(root: Path, number: int, rows: ShardRows) -> tuple[Path, Path]:
     """emb/NNNN.npy then meta/NNNN.parquet, each written to a temporary name and renamed."""
     pa = _pyarrow()
     emb, meta = root / EMB_DIR / f"{shard_name(number)}.npy", root / META_DIR / f"{shard_name(number)}.parquet"
     emb.parent.mkdir(parents=True, exist_ok=True)
     meta.parent.mkdir(parents=True, exist_ok=True)
-    tmp = emb.with_name(f".{emb.stem}.tmp.npy")
-    np.save(tmp, np.ascontiguousarray(rows.vectors, dtype=np.float32))
-    _replace_atomic(tmp, emb)
+    atomic_write(emb, lambda fh: np.save(fh, np.ascontiguousarray(rows.vectors, dtype=np.float32)), mode="wb")
     table = pa.table({"id": pa.array(rows.ids, pa.string()), "text": pa.array(rows.texts, pa.string()),
                       "meta": pa.array(rows.metas, pa.string()), "source": pa.array(rows.sources, pa.string()),
                       "line": pa.array(np.asarray(rows.lines, np.int64), pa.int64())})
-    tmp = meta.with_name(f".{meta.stem}.tmp.parquet")
-    pa.parquet.write_table(table, tmp)
-    _replace_atomic(tmp, meta)
+    atomic_write(meta, lambda fh: pa.parquet.write_table(table, fh), mode="wb")
     return emb, meta
 
 
 def write_config(root: Path, data: dict[str, Any]) -> Path:
     """embedding_config.json (atomic): the marker that the shard set is complete."""
     path = root / CONFIG_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **data}, indent=2,
-                              ensure_ascii=False) + "\n", encoding="utf-8")
-    _replace_atomic(tmp, path)
+    write_json_atomic(path, {"format": FORMAT, "format_version": FORMAT_VERSION, **data})
     return path
 
 
 def has_shards(root: Path) -> bool:
     return any((root / EMB_DIR).glob("*.npy")) or any((root / META_DIR).glob("*.parquet")) or (root / CONFIG_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- the writer
+class ShardWriter:
+    """Buffers ordered rows and writes full shards; drops (and counts) error rows."""
+
+    def __init__(self, root: Path, shard_rows: int) -> None:
+        self.root, self.shard_rows = root, shard_rows
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.buffered = self.shards = self.rows = self.invalid = 0
+        self.dim: int | None = None
+        self.problems: list[str] = []
+        self.last_key = (-1, -1)
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        self._check_order(batch["file_no"], batch["line"])
+        bad = batch["error"] != ""
+        self.invalid += int(bad.sum())
+        self.problems.extend(str(e) for e in batch["error"][bad][: max(0, 5 - len(self.problems))])
+        keep = {k: v[~bad] for k, v in batch.items()}
+        if not len(keep["id"]):
+            return
+        self.dim = int(keep["embedding"].shape[1])
+        self.parts.append(keep)
+        self.buffered += len(keep["id"])
+        while self.buffered >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._flush(self.buffered)
+
+    def _check_order(self, file_no: np.ndarray, line: np.ndarray) -> None:
+        keys = list(zip(file_no.tolist(), line.tolist()))
+        if keys and (keys[0] <= self.last_key or any(a >= b for a, b in zip(keys, keys[1:]))):
+            raise RuntimeError(f"rows arrived out of input order near (file, line) {keys[0]}: "
+                               "Ray Data did not preserve order (a bug)")
+        if keys:
+            self.last_key = keys[-1]
+
+    def _flush(self, n: int) -> None:
+        merged = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
+        head = {k: v[:n] for k, v in merged.items()}
+        rest = {k: v[n:] for k, v in merged.items()}
+        self.parts = [rest] if len(rest["id"]) else []
+        self.buffered -= n
+        rows = ShardRows(head["embedding"], head["id"].tolist(), head["text"].tolist(),
+                                head["meta"].tolist(), head["source"].tolist(), head["line"])
+        write_shard(self.root, self.shards, rows)
+        self.shards += 1
+        self.rows += n
 
 
 # ----------------------------------------------------------------------------- reading
@@ -110,10 +148,10 @@ def read_config(root: Path) -> dict[str, Any]:
         raise ConfigError(f"{root} holds no {CONFIG_FILE}: not a finished shard set "
                           "(make one with `bellm-search embed --engine ray --output-dir DIR`)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is unreadable: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+        data = read_json_object(path, "shard set config")
+    except BellmError as exc:
+        raise ConfigError(str(exc)) from None
+    if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} file")
     return data
 
