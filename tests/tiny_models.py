@@ -13,14 +13,15 @@ WORDS = (
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
 
 
-def make_tokenizer(folder: Path) -> None:
+def make_tokenizer(folder: Path, vocab_size: int = 300) -> None:
+    """A byte-level BPE trained on WORDS; vocab_size 300 splits words, ~1000 keeps each word whole."""
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
     tok.train_from_iterator(corpus, trainer)
