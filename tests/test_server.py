@@ -146,6 +146,28 @@ def test_the_wait_is_adaptive_and_bounded():
     assert 0.45 < alone < 3
 
 
+def test_the_wait_grows_with_the_encoder_call_time():
+    """Closed-loop clients come back spread over tens of ms; a 1 ms window would start a call with the
+    first of them and leave the rest for the next call. A quarter of a slow call is long enough."""
+    enc = CountingEncoder()
+    batcher = MicroBatcher(lambda texts: (time.sleep(0.4), enc(texts))[1], max_batch=64, max_wait_ms=1)
+
+    async def staggered(tag: str) -> None:
+        async def one(i: int):
+            await asyncio.sleep(0.01 * i)
+            return await batcher.encode([f"{tag}{i}"])
+        await asyncio.gather(*(one(i) for i in range(8)))
+
+    async def go():
+        await staggered("a")  # idle server: a0 goes alone, the rest gather in the calls after
+        await staggered("b")  # 8 expected, arriving over 70 ms: wait for them (up to 100 ms)
+
+    asyncio.run(go())
+    batcher.close()
+    first_b = next(c for c in enc.calls if c[0].startswith("b"))
+    assert len(first_b) >= 7, enc.calls
+
+
 def test_without_batching_every_request_is_its_own_call():
     enc = CountingEncoder()
     batcher = MicroBatcher(enc, max_batch=64, max_wait_ms=100, enabled=False)
