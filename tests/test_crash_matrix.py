@@ -45,7 +45,8 @@ import numpy as np
 import pytest
 
 import crash_matrix as cm
-from bellm_search.collection.core import INDEX_FILE, MANIFEST, META_DIR, Collection, read_manifest
+from bellm_search.collection.core import Collection
+from bellm_search.collection.manifest import INDEX_FILE, MANIFEST, META_DIR, read_manifest
 from bellm_search.index.faiss_index import IndexConfig, VectorIndex, _ivf
 
 HERE = Path(__file__).parent

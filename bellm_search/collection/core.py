@@ -18,6 +18,7 @@ import numpy as np
 from bellm_search.collection import check as checking
 from bellm_search.collection import ingest as ingesting
 from bellm_search.collection import search
+from bellm_search.collection.copies import shingle_bytes
 from bellm_search.collection.index_state import IndexState
 from bellm_search.collection.lock import writer_lock
 from bellm_search.collection.manifest import (MANIFEST, META_DIR, encoder_for, new_manifest, read_manifest,
@@ -32,17 +33,19 @@ class Collection:
     ``load_index()`` loads (and catches up) the index, which every operation needing it does."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], readonly: bool, encoder_config: EncoderConfig,
-                 encoder: Any = None) -> None:
+                 encoder: Any = None, create: bool = False) -> None:
         from bellm_search.store import Store
 
         self.path, self.manifest, self.readonly = path, manifest, readonly
         self.encoder_config = encoder_config
         self.social = bool(manifest.get("normalize_social", False))
-        self.store = Store(path / META_DIR, readonly=readonly, dim=None if readonly else manifest["dim"])
+        self.store = Store(path / META_DIR, readonly=readonly, create=create, dim=None if readonly else manifest["dim"])
         stored_dim = self.store.dim
         if stored_dim not in (None, self.dim):  # a read-only open does not pass dim to the store
             self.store.close()
             raise CollectionError(f"{path / MANIFEST}: dim {self.dim}, but the store holds {stored_dim}-d vectors")
+        if not readonly:  # collections from before shingles were stored get them (once, resumable)
+            self.store.fill_shingles(shingle_bytes)
         self.index_state = IndexState(path, self.store, manifest, self.dim)
         self._encoder = encoder
 
@@ -64,7 +67,7 @@ class Collection:
             encoder_config, dim = encoder.config, encoder.dim
         manifest = new_manifest(encoder_config, dim, index_config, normalize_social)
         path.mkdir(parents=True, exist_ok=True)
-        coll = cls(path, manifest, readonly=False, encoder_config=encoder_config, encoder=encoder)
+        coll = cls(path, manifest, readonly=False, encoder_config=encoder_config, encoder=encoder, create=True)
         write_manifest(path, manifest)  # the store before the manifest: a kill between leaves no half collection
         return coll
 
@@ -138,19 +141,20 @@ class Collection:
         return ingesting.delete(self, source_ids, wait)
 
     def query(self, texts: str | list[str], k: int = 10, *, nprobe: int | None = None,
-              where: dict[str, str] | None = None) -> list[search.Hit] | list[list[search.Hit]]:
+              where: dict[str, str] | None = None, list_copies: bool = False) -> list[search.Hit] | list[list[search.Hit]]:
         """Nearest documents to a text (a list of hits) or to each of several texts."""
         single = isinstance(texts, str)
         xq = self.encoder.encode([texts] if single else list(texts))
-        hits = self.query_vectors(xq, k, nprobe=nprobe, where=where)
+        hits = self.query_vectors(xq, k, nprobe=nprobe, where=where, list_copies=list_copies)
         return hits[0] if single else hits
 
     def query_vectors(self, xq: np.ndarray, k: int = 10, *, nprobe: int | None = None,
-                      where: dict[str, str] | None = None) -> list[list[search.Hit]]:
-        return search.query_vectors(self.load_index(), self.store, self.index_config.rerank, xq, k, nprobe, where)
+                      where: dict[str, str] | None = None, list_copies: bool = False) -> list[list[search.Hit]]:
+        return search.query_vectors(self.load_index(), self.store, self.index_config.rerank, xq, k, nprobe, where,
+                                    list_copies)
 
     def search_vectors(self, xq: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, int ids) of each query vector, deleted documents included (dedup's k-NN)."""
+        """Top-k (scores, int ids) of each query vector, without reading records (dedup's k-NN)."""
         return search.search_vectors(self.load_index(), self.store, self.index_config.rerank, xq, k, nprobe)
 
     def reindex(self, factory: str | None = None, nlist: int | None = None, m: int | None = None,
