@@ -83,7 +83,7 @@ def run_op(spec: dict[str, Any], encoder: FakeEncoder | None = None) -> Any:
 
         with Collection.open(path) as coll:
             return run_dedup(coll, spec["threshold"], spec.get("k", 10), spec.get("keep", "first"), None,
-                             Path(spec["output"]), spec.get("emit", "clusters"), spec.get("lexical_weight"))
+                             Path(spec["output"]), spec.get("emit", "clusters"))
     raise ValueError(f"unknown op {op!r}")
 
 

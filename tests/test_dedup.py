@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bellm_search.dedup.graph import UnionFind, all_cluster_scores, cluster_scores, clusters_from_pairs
+from bellm_search.dedup.graph import UnionFind, all_cluster_scores, clusters_from_pairs, weakest_links
 from bellm_search.dedup.keep import choose_keep, parse_keep
 from bellm_search.pairs.normalize import normalize_text, text_hash
 from bellm_search.errors import ConfigError
@@ -73,43 +73,38 @@ def test_text_hash_is_16_bytes_and_whitespace_insensitive():
 
 # --------------------------------------------------------------------------- union-find
 
-def test_union_find_scalar_ops():
-    uf = UnionFind(6)
-    uf.union(0, 1)
-    uf.union(2, 3)
-    assert uf.find(0) == uf.find(1) != uf.find(2)
-    root = uf.union(1, 3)
-    assert {uf.find(i) for i in range(4)} == {root}
-    assert uf.size[root] == 4
-    assert uf.find(4) == 4 and uf.find(5) == 5
+def _reference_roots(n, a, b):
+    """An independent oracle: a plain Python union-find."""
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for x, y in zip(a.tolist(), b.tolist()):
+        parent[find(x)] = find(y)
+    return np.array([find(i) for i in range(n)])
 
 
-def test_union_by_size_puts_small_under_large():
-    uf = UnionFind(5)
-    uf.union(1, 2)
-    uf.union(1, 3)              # {1, 2, 3}
-    assert uf.union(4, 1) == uf.find(1) != 4
-
-
-def test_union_many_matches_scalar_unions():
+def test_union_many_matches_a_reference_union_find():
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 300, 200), rng.integers(0, 300, 200)
-    vec, ref = UnionFind(300), UnionFind(300)
+    vec = UnionFind(300)
     vec.union_many(a, b)
-    for x, y in zip(a, b):
-        ref.union(int(x), int(y))
     same_vec = vec.roots()[:, None] == vec.roots()[None, :]
-    same_ref = np.array([ref.find(i) for i in range(300)])
+    same_ref = _reference_roots(300, a, b)
     assert (same_vec == (same_ref[:, None] == same_ref[None, :])).all()
     roots = vec.roots()
     assert (vec.size[roots] == np.bincount(roots)[roots]).all()
 
 
-def test_union_many_after_scalar_union_and_bad_positions():
+def test_union_many_twice_and_bad_positions():
     uf = UnionFind(4)
-    uf.union(3, 2)
+    uf.union_many(np.array([3]), np.array([2]))
     uf.union_many(np.array([0]), np.array([2]))
-    assert len(set(uf.roots()[[0, 2, 3]].tolist())) == 1 and uf.find(1) == 1
+    roots = uf.roots()
+    assert len(set(roots[[0, 2, 3]].tolist())) == 1 and roots[1] == 1 and uf.size[roots[0]] == 3
     with pytest.raises(ValueError, match="0..3"):
         uf.union_many(np.array([0]), np.array([4]))
 
@@ -158,16 +153,17 @@ def test_clusters_reject_unknown_ids_and_bad_input():
 
 # --------------------------------------------------------------------------- cluster scores
 
-def test_cluster_scores_single_and_vectorised():
+def test_cluster_scores_vectorised_and_weakest_links():
     pi = np.array([1, 2, 5, 6, 9, 1])
     pj = np.array([2, 3, 6, 7, 9, 1])
     sc = np.array([0.9, 0.8, 0.95, 0.97, 1.0, 1.0])
     clusters = clusters_from_pairs(np.arange(10), pi, pj)
     assert as_lists(clusters) == [[1, 2, 3], [5, 6, 7]]
-    assert cluster_scores(clusters[0], pi, pj, sc) == (0.9, 0.8)   # self pair 1-1 ignored
-    mx, mn = all_cluster_scores(clusters, pi, pj, sc)
+    mx, mn = all_cluster_scores(clusters, pi, pj, sc)                 # self pair 1-1 ignored
     np.testing.assert_allclose(mx, [0.9, 0.97])
     np.testing.assert_allclose(mn, [0.8, 0.95])
+    assert weakest_links(clusters, pi, pj, sc).tolist() == [1, 2]     # (2, 3) at 0.8, (5, 6) at 0.95
+    assert weakest_links([np.array([1, 2]), np.array([3, 4])], pi[:1], pj[:1], sc[:1]).tolist() == [0, -1]
 
 
 def test_cluster_scores_nan_without_edges_and_overlap_rejected():

@@ -74,20 +74,23 @@ def test_keep_policies(tmp_path):
 def test_outputs_parse_back(tmp_path):
     coll = make(tmp_path)
     out = tmp_path / "out"
-    res = run_dedup(coll, THRESHOLD, k=5, output=out / "clusters.jsonl", emit="clusters", lexical_weight=0.0)
+    res = run_dedup(coll, THRESHOLD, k=5, output=out / "clusters.jsonl", emit="clusters")
     lines = [json.loads(x) for x in (out / "clusters.jsonl").read_text().splitlines()]
     assert [sorted(c["members"]) for c in lines] == [["e1", "e2", "e3", "r1"], ["s1", "s2"]]
     assert lines[0]["keep"] == "e1" and 0.9 <= lines[0]["min_score"] <= lines[0]["max_score"] <= 1.0
+    weakest = lines[0]["weakest_link"]  # the link a person should look at first: e3's, at 0.95 to e1
+    assert weakest["score"] == lines[0]["min_score"] and "e3" in (weakest["id1"], weakest["id2"])
     assert (res.documents, res.clusters, res.removed, res.removed_exact, res.removed_near) == (10, 2, 4, 1, 3)
-    run_dedup(coll, THRESHOLD, k=5, output=out / "remove.txt", emit="remove", lexical_weight=0.0)
-    run_dedup(coll, THRESHOLD, k=5, output=out / "keep.txt", emit="keep", lexical_weight=0.0)
+    run_dedup(coll, THRESHOLD, k=5, output=out / "remove.txt", emit="remove")
+    run_dedup(coll, THRESHOLD, k=5, output=out / "keep.txt", emit="keep")
     removed = (out / "remove.txt").read_text().split()
     kept = (out / "keep.txt").read_text().split()
     assert sorted(removed) == ["e2", "e3", "r1", "s2"]
     assert sorted(kept + removed) == sorted(d["id"] for d in planted()[1])
-    run_dedup(coll, THRESHOLD, k=5, output=out / "pairs.jsonl", emit="pairs", lexical_weight=0.0)
+    run_dedup(coll, THRESHOLD, k=5, output=out / "pairs.jsonl", emit="pairs")
     pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
-    assert {"id1", "id2", "score"} <= set(pairs[0]) and all(p["score"] >= THRESHOLD for p in pairs)
+    assert {"id1", "id2", "probability", "duplicate", "cosine"} <= set(pairs[0])
+    assert all(p["cosine"] >= THRESHOLD and p["duplicate"] for p in pairs)
     assert not any({p["id1"], p["id2"]} == {"x1", "x2"} for p in pairs)
     assert not list(out.glob(".*tmp*"))
 
@@ -102,7 +105,7 @@ def test_deleted_documents_never_appear(tmp_path):
 
 @pytest.mark.parametrize("budget", [0, 1 << 30])  # 0: the collection's IVF-PQ index; else in-memory IVF-Flat
 def test_works_on_ivfpq_collection(tmp_path, monkeypatch, budget):
-    import bellm_search.dedup.job as job
+    import bellm_search.dedup.candidates as job
 
     monkeypatch.setattr(job, "MEMORY_BUDGET", budget)
     table, records = planted()
@@ -117,7 +120,7 @@ def test_works_on_ivfpq_collection(tmp_path, monkeypatch, budget):
 
 
 def test_blocked_path_matches_exact(tmp_path, monkeypatch):
-    import bellm_search.dedup.job as job
+    import bellm_search.dedup.candidates as job
 
     coll = make(tmp_path)
     exact, _, _ = find_clusters(coll, THRESHOLD, k=5)
@@ -140,13 +143,13 @@ def test_streaming_rejects_planted_near_duplicates(tmp_path):
 
 
 def test_dedup_nlist_is_about_sqrt_n():
-    from bellm_search.dedup.job import dedup_nlist
+    from bellm_search.dedup.candidates import dedup_nlist
 
     assert [dedup_nlist(n) for n in (1, 100, 50_000, 1_000_000)] == [1, 8, 256, 1024]
 
 
 def test_blocked_pairs_against_brute_force():
-    from bellm_search.dedup.job import blocked_pairs
+    from bellm_search.dedup.candidates import blocked_pairs
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((40, 32)).astype(np.float32)
@@ -163,22 +166,7 @@ def test_blocked_pairs_against_brute_force():
     assert np.all(ps >= 0.97) and np.all(pi < pj)
 
 
-# ----------------------------------------------------------------------------- mixed lexical score
-def test_pair_score_mixes_cosine_and_jaccard_above_the_floor_only():
-    from bellm_search.pairs.score import PairScore
-
-    s = PairScore(0.6, cosine_floor=0.6)
-    got = s.combine([0.9, 0.9, 0.59, 0.9], [1.0, 0.0, 1.0, np.nan])
-    # 0.4*0.9 + 0.6*1; 0.4*0.9 + 0; below the floor: cosine - 1 (< 0, never a duplicate); no text: cosine
-    assert got == pytest.approx([0.96, 0.36, -0.41, 0.9])
-    assert s.candidate_threshold(0.41) == 0.6  # the floor binds
-    assert s.candidate_threshold(0.9) == pytest.approx(0.75)  # 0.4*c + 0.6*1 >= 0.9  <=>  c >= 0.75
-    assert PairScore(0.0).candidate_threshold(0.83) == 0.83 and PairScore(0.0).combine([0.3], [1.0]) == [0.3]
-    for bad in ({"lexical_weight": 1.0}, {"lexical_weight": -0.1}, {"lexical_weight": 0.5, "cosine_floor": 0.0}):
-        with pytest.raises(ConfigError):
-            PairScore(**bad)
-
-
+# ----------------------------------------------------------------------------- the pair model
 def lexical_corpus():
     """Pairs whose cosine and lexical overlap disagree (fake vectors with chosen cosines)."""
     a, b, c = base_vector("LA"), base_vector("LB"), base_vector("LC")
@@ -190,72 +178,158 @@ def lexical_corpus():
         "The council meeting was moved to Thursday evening": c,
         "The council meeting was moved to Thursday morning": near(c, 0.5, "lc"),  # same words, far vectors
     }
-    texts = list(table)
-    records = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)]
+    records = [{"id": f"d{i}", "text": t} for i, t in enumerate(table)]
     return table, records
 
 
+def lexical_model(floor=0.6):
+    """cosine + 5-gram Jaccard, weights by hand: P >= 0.5 where 2 cosine + 10 Jaccard >= 8."""
+    from bellm_search.pairs.model import PairModel
+
+    return PairModel(("cosine", "jaccard5"), (2.0, 10.0), -8.0, 0.5, 20.0, -19.0, 0.95, cosine_floor=floor)
+
+
+def decision(model):
+    from bellm_search.dedup.calibration import Decision
+
+    return Decision(model, model.threshold, "threshold", model.cosine_floor)
+
+
 @pytest.mark.parametrize("blocked", [False, True])
-def test_mixed_score_links_lexical_copies_and_splits_lookalike_vectors(tmp_path, monkeypatch, blocked):
-    import bellm_search.dedup.job as job
-    from bellm_search.pairs.score import PairScore
+def test_pair_model_links_lexical_copies_and_splits_lookalike_vectors(tmp_path, monkeypatch, blocked):
+    import bellm_search.dedup.candidates as candidates
 
     if blocked:  # the k-means-blocked candidate search of large collections
-        monkeypatch.setattr(job, "EXACT_SEARCH_MAX", 0)
+        monkeypatch.setattr(candidates, "EXACT_SEARCH_MAX", 0)
     table, records = lexical_corpus()
     coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True)
     coll.ingest(records)
     cosine, _, _ = find_clusters(coll, 0.9, k=5)
     assert source_clusters(coll, cosine) == [["d2", "d3"]]  # cosine alone: the look-alike vectors only
-    mixed, _, _ = find_clusters(coll, 0.6, k=5, score=PairScore(0.6, cosine_floor=0.6))
-    # the retweeted copy (cosine 0.75, Jaccard 0.98: 0.89) is in; the giveaway/car pair (cosine
-    # 0.95, Jaccard 0: 0.38) is out; the council pair (Jaccard 0.73) would score 0.64 but its
-    # cosine 0.5 is under the floor
-    assert source_clusters(coll, mixed) == [["d0", "d1"]]
-    (i, j, s) = mixed.pairs
-    assert len(s) == 1 and s[0] == pytest.approx(0.4 * 0.75 + 0.6 * 0.98245614, abs=1e-4)
-    assert s[0] == pytest.approx(mixed.max_score[0])
-    no_floor, _, _ = find_clusters(coll, 0.6, k=5, score=PairScore(0.6, cosine_floor=0.45))
-    assert source_clusters(coll, no_floor) == [["d0", "d1"], ["d4", "d5"]]
+    model = lexical_model()
+    found, _, _ = find_clusters(coll, decision(model), k=5)
+    # the retweeted copy (cosine 0.75, Jaccard 0.98) is in; the giveaway/car pair (cosine 0.95,
+    # Jaccard 0) is out; the council pair (Jaccard 0.73) is under the cosine floor
+    assert source_clusters(coll, found) == [["d0", "d1"]]
+    i, j, p = found.pairs
+    assert len(p) == 1 and p[0] == pytest.approx(1 / (1 + np.exp(-(2 * 0.75 + 10 * 0.98245614 - 8))), abs=1e-4)
+    assert p[0] == pytest.approx(found.max_score[0])
+    c = found.candidates
+    assert set(c.features) == {"cosine", "jaccard5"} and len(c.i) >= 2 and c.duplicate.sum() == 1
+    low_floor, _, _ = find_clusters(coll, decision(lexical_model(floor=0.45)), k=5)
+    assert source_clusters(coll, low_floor) == [["d0", "d1"], ["d4", "d5"]]
 
 
-def test_run_dedup_uses_the_calibrated_pair_score_and_refuses_uncalibrated_weights(tmp_path):
-    from bellm_search.pairs.score import PairScore
-    from bellm_search.dedup.job import default_cosine_threshold, default_score, default_threshold, resolve_scoring
+def test_pair_model_probability_monotone_bounds_and_text_less_pairs():
+    from bellm_search.pairs.model import PairModel, fit_pair_model
 
-    cal = json.loads((Path(job_file()).resolve().parent.parent / "calibration.json").read_text())
-    assert default_score().lexical_weight == cal["lexical_weight"] and default_threshold() == cal["threshold"]
-    assert resolve_scoring(None, None) == (cal["threshold"], default_score())
-    t, s = resolve_scoring(None, 0.0)  # pure cosine has its own calibrated threshold
-    assert (t, s.lexical_weight) == (default_cosine_threshold(), 0.0) == (cal["cosine_threshold"], 0.0)
-    other = 0.45 if cal["lexical_weight"] != 0.45 else 0.55  # a weight without a calibrated threshold
-    assert resolve_scoring(0.5, other) == (0.5, PairScore(other, cal["cosine_floor"]))
-    with pytest.raises(ConfigError, match=f"--lexical-weight {other:g} has no calibrated threshold"):
-        resolve_scoring(None, other)
-    table, records = lexical_corpus()
-    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True)
-    coll.ingest(records)
-    res = run_dedup(coll, 0.7, k=5, lexical_weight=0.6)
-    assert (res.clusters, res.removed, res.lexical_weight) == (1, 1, 0.6) and "jaccard5" in res.score
-
-
-def job_file():
-    import bellm_search.dedup.job as job
-
-    return job.__file__
+    m = lexical_model()
+    X = np.array([[0.9, 1.0], [0.9, 0.0], [0.59, 1.0], [0.96, np.nan], [0.9, np.nan]])
+    assert m.decide(X).tolist() == [True, False, False, True, False]  # floor; no text: cosine >= 0.95
+    assert (m.score(X)[2] < 0) and m.score(X)[0] == pytest.approx(m.probability(X)[0])
+    # the least cosine that can reach P = 0.5: 2c + 10 - 8 >= 0 -> c >= -1: the floor 0.6 binds
+    assert m.candidate_cosine() == 0.6
+    assert PairModel.from_dict(m.to_dict()) == m
+    with pytest.raises(ConfigError):
+        PairModel(("cosine", "jaccard5"), (1.0, -1.0), 0.0, 0.5, 1.0, 0.0)  # a negative weight
+    with pytest.raises(ConfigError):
+        PairModel.from_dict({"features": ["cosine"]})
+    rng = np.random.default_rng(0)
+    X = np.column_stack([0.65 + 0.35 * rng.random(3000), rng.random(3000), rng.random(3000)])
+    y = (2 * X[:, 0] + X[:, 1] + 0.2 * rng.standard_normal(3000) > 2.3).astype(float)  # col 2 is noise
+    fitted = fit_pair_model(X, y, ["cosine", "jaccard5", "containment"])
+    assert fitted.weights[0] > fitted.weights[1] > 0 and fitted.weights[2] < 0.2 * fitted.weights[1]
+    assert all(w >= 0 for w in fitted.weights)
 
 
-def test_rescore_is_the_same_when_the_shingle_cache_restarts(tmp_path, monkeypatch):
-    import bellm_search.dedup.job as job
-    from bellm_search.pairs.score import PairScore
+def test_batch_jaccard_matches_pairwise_and_features_from_texts():
+    from bellm_search.pairs.features import FEATURES, text_pair_features
+    from bellm_search.pairs.shingles import batch_jaccard, hashed_jaccard, shingle_hashes
 
-    table, records = lexical_corpus()
-    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(table), normalize_social=True)
-    coll.ingest(records)
-    pi, pj = np.array([0, 0, 2, 4, 1]), np.array([1, 3, 3, 5, 4])
-    cos = np.array([0.75, 0.7, 0.95, 0.65, 0.9])
-    score = PairScore(0.6, cosine_floor=0.6)
-    whole = job.rescore(coll, pi, pj, cos, score)
-    monkeypatch.setattr(job, "LEXICAL_CACHE_DOCS", 1)
-    assert job.rescore(coll, pi, pj, cos, score, chunk=2).tolist() == whole.tolist()
-    assert whole[0] == pytest.approx(0.4 * 0.75 + 0.6 * 0.98245614, abs=1e-4) and whole[2] == pytest.approx(0.38)
+    texts = ["hello world this is", "hello world that is", "", "abc", "RT @x: hello world this is http://t.co/a"]
+    S = [shingle_hashes(t) for t in texts]
+    a, b = np.meshgrid(range(5), range(5))
+    got = batch_jaccard([S[i] for i in a.ravel()], [S[j] for j in b.ravel()])
+    assert got.tolist() == [hashed_jaccard(S[i], S[j]) for i, j in zip(a.ravel(), b.ravel())]
+    X = text_pair_features(np.array([0.9, 0.8, 0.7]), [texts[0], texts[4], None], [texts[4], texts[1], texts[1]])
+    row = dict(zip(FEATURES, X[0]))  # a retweet: the same text after social normalisation
+    assert row["jaccard5"] == row["containment"] == row["length_ratio"] == row["retweet"] == row["word_jaccard"] == 1.0
+    row = dict(zip(FEATURES, X[1]))
+    assert 0 < row["jaccard5"] < row["containment"] < 1 and row["retweet"] == 0 and row["word_jaccard"] == 0.6
+    assert X[2, 0] == 0.7 and np.isnan(X[2, 1:]).all()  # no text: only the cosine
+
+
+# ----------------------------------------------------------------------------- calibration and encoders
+def test_dedup_refuses_a_calibration_made_for_another_encoder(tmp_path, capsys):
+    """Defect 13.2.4: the shipped calibration (for the default adapter's sha256) must not be applied
+    to a collection of another encoder: dedup needs --threshold, and says how to calibrate."""
+    from bellm_search.cli.main import main
+
+    coll = make(tmp_path)  # the fake encoder: no adapter
+    coll.close()
+    with pytest.raises(SystemExit) as exc:
+        main(["dedup", "-c", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "--threshold" in err and "bellm-search calibrate" in err
+    main(["dedup", "-c", str(tmp_path / "c"), "--threshold", str(THRESHOLD), "--score", "cosine", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert (out["clusters"], out["removed"], out["score"]) == (2, 4, "cosine")
+
+
+def test_decision_for_uses_the_collections_own_calibration_only_for_its_encoder(tmp_path, caplog):
+    from bellm_search.dedup.calibration import CalibrationMismatch, decision_for
+
+    coll = make(tmp_path)
+    with pytest.raises(CalibrationMismatch, match="bellm-search label"):
+        decision_for(coll)
+    loose = decision_for(coll, strict=False)
+    assert loose.model is None and loose.warning and "calibrate" in caplog.text
+    assert decision_for(coll, threshold=0.8).threshold == 0.8
+    enc = coll.manifest["encoder"]
+    record = {"model": lexical_model().to_dict(), "adapter_sha256": enc.get("adapter_sha256"),
+              "encoder": {"model": enc["model"], "adapter_sha256": enc.get("adapter_sha256")}}
+    (tmp_path / "c" / "calibration.json").write_text(json.dumps(record))
+    d = decision_for(coll)
+    assert d.source == "collection" and d.model == lexical_model() and d.threshold == 0.5
+    assert decision_for(coll, pure_cosine=True).threshold == 0.95
+    with pytest.raises(ConfigError, match="probability"):
+        decision_for(coll, threshold=1.5)
+    record["encoder"]["model"] = "another-model"
+    (tmp_path / "c" / "calibration.json").write_text(json.dumps(record))
+    with pytest.raises(CalibrationMismatch):
+        decision_for(coll)
+
+
+def test_shipped_calibration_records_a_pair_model_and_its_encoder():
+    from bellm_search.collection.manifest import adapter_sha256
+    from bellm_search.dedup.calibration import SHIPPED, read_calibration
+    from bellm_search.encoder.resolve import default_adapter_dir
+    from bellm_search.pairs.model import PairModel
+
+    cal = read_calibration(SHIPPED)
+    model = PairModel.from_dict(cal["model"])
+    assert 0 < model.threshold < 1 and model.cosine_floor <= model.candidate_cosine() <= 1
+    assert cal["adapter_sha256"] == cal["encoder"]["adapter_sha256"]
+    if (default_adapter_dir() / "adapter_config.json").is_file():
+        assert cal["adapter_sha256"] == adapter_sha256(str(default_adapter_dir()))
+
+
+def test_output_to_a_directory_is_one_line_and_leaves_nothing(tmp_path):
+    from bellm_search.errors import BellmError
+
+    coll = make(tmp_path)
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(BellmError, match="is a directory"):
+        run_dedup(coll, THRESHOLD, k=5, output=tmp_path / "outdir")
+    with pytest.raises(BellmError, match="is a directory"):
+        run_dedup(coll, THRESHOLD, k=5, report=tmp_path / "outdir")
+    assert list((tmp_path / "outdir").iterdir()) == [] and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_report_html_is_self_contained(tmp_path):
+    coll = make(tmp_path)
+    run_dedup(coll, THRESHOLD, k=5, report=tmp_path / "r" / "report.html")
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 2 and "http" not in page.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert "cluster 0" in page and "Earthquake of magnitude 6.1" in page and "threshold 0.900" in page

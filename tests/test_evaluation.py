@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from bellm_search.errors import ConfigError, CorpusError
-from bellm_search.eval.metrics import (Pair, StsPair, average_precision, best_f1, char_shingles,
-                                     jaccard, jaccard_scores, minhash_scores, pr_curve,
-                                     rankdata, read_pairs, read_sts, spearman)
+from bellm_search.eval.datasets import Pair, StsPair, read_pairs, read_sts
+from bellm_search.eval.metrics import average_precision, best_f1, curve_table, pr_curve, prf_at, rankdata, spearman
+from bellm_search.eval.pairs import jaccard_scores, minhash_scores
+from bellm_search.pairs.normalize import char_shingles, jaccard
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data folder not present")
@@ -282,24 +283,64 @@ def test_minhash_scores_estimate_jaccard():
     assert est[2] < 0.2 < 0.5 < est[1] < 1.0
 
 
-def test_eval_pair_scores_match_what_dedup_scores(tmp_path):
-    """`eval dedup` scores labelled pairs with the same mixed score as `dedup` (cosine given)."""
-    from bellm_search.eval.pairs import evaluate_pairs, pair_scores
-    from bellm_search.pairs.score import PairScore
-    from bellm_search.eval.metrics import Pair
+def test_prf_at_and_curve_table_agree_with_pr_curve():
+    rng = np.random.default_rng(3)
+    s, y = rng.random(200), rng.random(200) < 0.4
+    curve = pr_curve(s, y)
+    for k in (0, 50, 120):
+        got = prf_at(s, y, curve["threshold"][k])
+        assert got["precision"] == pytest.approx(curve["precision"][k]) and got["f1"] == pytest.approx(curve["f1"][k])
+    assert prf_at(s, y, 2.0) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    rows = curve_table(s, y, step=0.25)
+    assert [r["threshold"] for r in rows] == [0.0, 0.25, 0.5, 0.75, 1.0] and rows[0]["recall"] == 1.0
 
-    pairs = [Pair("Big sale today", "RT @x: big  SALE today", 1), Pair("cats", "dogs", 0)]
-    cos = np.array([0.7, 0.9])
-    assert pair_scores(pairs, cos, PairScore(0.0)).tolist() == [0.7, 0.9]
-    assert pair_scores(pairs, cos, PairScore(0.5, 0.6)) == pytest.approx([0.85, 0.45])
 
-    class Enc:  # "sale" texts share a vector; cats/dogs are orthogonal
-        def encode(self, texts, **_):
-            return np.array([[1.0, 0.0] if "sale" in t.lower() else [0.0, 1.0] if t == "cats" else [0.6, 0.8] for t in texts])
+class _Enc:
+    """"sale" texts share a vector; cats/dogs are orthogonal; counts encode calls."""
 
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, texts, **_):
+        self.calls += 1
+        return np.array([[1.0, 0.0] if "sale" in t.lower() else [0.0, 1.0] if t == "cats" else [0.6, 0.8] for t in texts])
+
+
+def test_pair_cosines_encode_each_text_once():
+    from bellm_search.eval.cosines import pair_cosines
+
+    enc = _Enc()
+    seen = []
+    enc.encode = (lambda f: (lambda texts, **kw: (seen.append(list(texts)), f(texts))[1]))(enc.encode)
+    cos = pair_cosines([Pair("cats", "dogs", 0), ("cats", "big sale", 1), Pair("Sale", "big sale", 1)], enc)
+    assert cos.tolist() == pytest.approx([0.8, 0.0, 1.0])
+    assert len(seen) == 1 and sorted(seen[0]) == sorted({"cats", "dogs", "big sale", "Sale"})
+
+
+def test_sts_score_is_spearman_of_cosines():
+    from bellm_search.eval.sts import sts_score
+
+    pairs = [StsPair("cats", "dogs", 2.0), StsPair("a sale", "big sale", 5.0), StsPair("cats", "sale", 0.0)]
+    assert sts_score(pairs, _Enc()) == pytest.approx(100.0)
+    with pytest.raises(ValueError):
+        sts_score(pairs[:1], _Enc())
+
+
+def test_eval_dedup_scores_pairs_with_the_pair_model_and_writes_scores(tmp_path):
+    """`eval dedup` scores labelled pairs as dedup does (the pair model over cosine + lexical
+    features), reports P/R/F1 at the model's threshold and writes each pair's score and decision."""
+    from bellm_search.eval.pairs import evaluate_pairs
+    from bellm_search.pairs.model import PairModel
+
+    model = PairModel(("cosine", "jaccard5"), (1.0, 8.0), -4.0, 0.5, 10.0, -9.0, 0.9, cosine_floor=0.5)
+    pairs = [Pair("Big sale today", "RT @x: big  SALE today", 1), Pair("cats", "dogs", 0), Pair("a sale", "Sale!", 0)]
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps({"text1": p.text1, "text2": p.text2, "label": p.label}) for p in pairs))
-    plain = evaluate_pairs(str(path), "jsonl", {}, encoder=Enc(), lexical_weight=0.0)
-    mixed = evaluate_pairs(str(path), "jsonl", {}, encoder=Enc(), lexical_weight=0.5)
-    assert plain["score"] == "cosine" and "jaccard5" in mixed["score"] and mixed["lexical_weight"] == 0.5
-    assert plain["ap"] == mixed["ap"] == 1.0 and mixed["threshold"] == pytest.approx(1.0)  # 0.5*1 + 0.5*1
+    out = tmp_path / "scores.jsonl"
+    got = evaluate_pairs(str(path), "jsonl", {}, encoder=_Enc(), model=model, scores_out=out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["duplicate"] for r in rows] == [True, False, False]      # the copy only: Jaccard 1 vs low
+    assert rows[0]["jaccard5"] == 1.0 and rows[0]["score"] > 0.5 > rows[2]["score"]
+    assert got["ap"] == 1.0 and got["shipped"]["f1"] == 1.0 and got["score"] == "pair model probability"
+    plain = evaluate_pairs(str(path), "jsonl", {}, encoder=_Enc(), model=model, pure_cosine=True)
+    assert plain["score"] == "cosine" and "shipped" not in plain and plain["ap"] < 1.0

@@ -5,27 +5,17 @@ Ids are integer document ids; positions are 0..n-1 indexes into a sorted id arra
 """
 from __future__ import annotations
 
-import hashlib
-import html
-import math
-import re
-import unicodedata
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-
-from bellm_search.errors import ConfigError
 
 # --------------------------------------------------------------------------- union-find
 
 class UnionFind:
     """Disjoint sets over positions 0..n-1 held in numpy arrays (scales to millions).
 
-    ``find``/``union`` are scalar (path compression, union by size); ``union_many`` merges
-    whole pair arrays vectorised (hook roots to the smaller root, then pointer jumping), so a
-    million pairs cost a few numpy passes rather than a Python loop.
+    ``union_many`` merges whole pair arrays vectorised (hook roots to the smaller root, then
+    pointer jumping), so a million pairs cost a few numpy passes rather than a Python loop.
     """
 
     def __init__(self, n: int) -> None:
@@ -36,27 +26,6 @@ class UnionFind:
 
     def __len__(self) -> int:
         return len(self.parent)
-
-    def find(self, x: int) -> int:
-        """Root of ``x``; compresses the path to it."""
-        parent = self.parent
-        root = int(x)
-        while parent[root] != root:
-            root = int(parent[root])
-        while parent[x] != root:
-            parent[x], x = root, int(parent[x])
-        return root
-
-    def union(self, a: int, b: int) -> int:
-        """Merge the sets of ``a`` and ``b`` (smaller under larger); returns the new root."""
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
-        return ra
 
     def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
         """Merge every pair ``(a[k], b[k])`` of positions, vectorised."""
@@ -157,13 +126,6 @@ def clusters_from_pairs(ids: Any, pairs_i: Any, pairs_j: Any) -> list[np.ndarray
 
 # --------------------------------------------------------------------------- cluster scores
 
-def cluster_scores(members: Any, pairs_i: Any, pairs_j: Any, scores: Any) -> tuple[float, float]:
-    """``(max, min)`` score over the pairs with both ends in ``members`` (self pairs ignored);
-    ``(nan, nan)`` when the cluster has no such pair (e.g. exact duplicates found by hash)."""
-    mx, mn = all_cluster_scores([np.asarray(members)], pairs_i, pairs_j, scores)
-    return float(mx[0]), float(mn[0])
-
-
 def all_cluster_scores(clusters: list[np.ndarray], pairs_i: Any, pairs_j: Any,
                        scores: Any) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster ``(max_scores, min_scores)`` for many clusters at once, vectorised.
@@ -199,4 +161,16 @@ def _cluster_of(clusters: list[np.ndarray], query: np.ndarray) -> np.ndarray:
     pos = np.minimum(np.searchsorted(members, query), members.size - 1)
     return np.where(members[pos] == query, labels[pos], -1)
 
+
+def weakest_links(clusters: list[np.ndarray], pairs_i: Any, pairs_j: Any, scores: Any) -> np.ndarray:
+    """Per cluster, the index of its lowest-scoring pair (the link a person should look at first);
+    -1 for a cluster without a pair."""
+    pi, pj = _check_pair_arrays(pairs_i, pairs_j)
+    sc = np.asarray(scores, dtype=np.float64).ravel()
+    ci, cj = _cluster_of(clusters, pi), _cluster_of(clusters, pj)
+    inside = np.flatnonzero((ci >= 0) & (ci == cj) & (pi != pj))
+    out = np.full(len(clusters), -1, dtype=np.int64)
+    order = inside[np.lexsort((-sc[inside], ci[inside]))]  # by cluster, highest score first
+    out[ci[order]] = order                                 # the last write per cluster: its lowest
+    return out
 

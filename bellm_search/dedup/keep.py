@@ -1,22 +1,16 @@
 """Keep policies: which member of a duplicate cluster survives."""
 from __future__ import annotations
 
-import hashlib
-import html
 import math
-import re
-import unicodedata
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from bellm_search.errors import ConfigError
 from bellm_search.corpus import SEEN
 
-KeepPolicy = Literal["first", "longest", "shortest"]  # plus "field:NAME", see parse_keep
-KEEP_POLICIES = ("first", "longest", "shortest")
+KEEP_POLICIES = ("first", "longest", "shortest")  # plus "field:NAME", see parse_keep
 
 
 # --------------------------------------------------------------------------- keep policies

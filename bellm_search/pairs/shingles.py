@@ -47,3 +47,30 @@ def hashed_jaccard(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0
     inter = len(np.intersect1d(a, b, assume_unique=True))
     return inter / (len(a) + len(b) - inter)
+
+
+def batch_overlaps(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(|a_k & b_k|, |a_k|, |b_k|)`` for each pair k of sorted unique hash arrays, vectorised: the
+    pair's two arrays are tagged with k, sorted together, and equal neighbours counted (memory: the
+    batch's hashes, twice)."""
+    if len(a) != len(b):
+        raise ValueError(f"pair lists differ in length: {len(a)} vs {len(b)}")
+    size_a = np.fromiter((len(x) for x in a), dtype=np.int64, count=len(a))
+    size_b = np.fromiter((len(x) for x in b), dtype=np.int64, count=len(b))
+    inter = np.zeros(len(a), dtype=np.int64)
+    if not len(a) or not (size_a.sum() and size_b.sum()):
+        return inter, size_a, size_b
+    hashes = np.concatenate([np.concatenate(a) if size_a.sum() else EMPTY, np.concatenate(b) if size_b.sum() else EMPTY])
+    owner = np.concatenate([np.repeat(np.arange(len(a)), size_a), np.repeat(np.arange(len(b)), size_b)])
+    order = np.lexsort((hashes, owner))
+    h, o = hashes[order], owner[order]
+    same = (h[1:] == h[:-1]) & (o[1:] == o[:-1])  # within one pair each side is unique: a match is a & b
+    np.add.at(inter, o[1:][same], 1)
+    return inter, size_a, size_b
+
+
+def batch_jaccard(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """``hashed_jaccard`` of each pair, vectorised (two empty arrays: 1.0)."""
+    inter, na, nb = batch_overlaps(a, b)
+    union = na + nb - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)

@@ -1,0 +1,221 @@
+"""Fitting the pair model: the shipped one on the dev sets (``bellm_search/calibration.json``)
+and a collection's own on the user's labels (``COLL/calibration.json``).
+
+The decision rule (both): the lowest probability threshold whose precision, averaged over the
+sets, reaches ``TARGET_PRECISION`` -- deleting a post that is not a duplicate loses data, so the
+default favours precision. Each dev set weighs the same in the fit whatever its size.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bellm_search.eval.metrics import average_precision, prf_at
+from bellm_search.pairs.features import FEATURES
+from bellm_search.pairs.model import COSINE_FLOOR, PairModel, fit_pair_model
+
+TARGET_PRECISION = 0.75
+SHIPPED_FEATURES = FEATURES
+DEV_FEATURES = Path(__file__).resolve().parents[1] / "data" / "calibration_dev.npz"
+USER_SHARE = 2.0  # the user's labels together weigh twice all dev pairs together
+MIN_LABELS = 10
+
+
+# ----------------------------------------------------------------------------- the rule
+def precision_threshold(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                        target: float = TARGET_PRECISION) -> float:
+    """The lowest threshold (scores rounded to 3 decimals) whose precision averaged over the sets
+    reaches ``target`` with every set predicting something; else the highest score."""
+    grid = np.unique(np.round(np.concatenate([np.asarray(s, dtype=np.float64) for s in scores]), 3))
+    for t in grid:
+        if all((s >= t).any() for s in scores) and \
+                np.mean([prf_at(s, y, t)["precision"] for s, y in zip(scores, labels)]) >= target:
+            return float(t)
+    return float(grid[-1]) if len(grid) else 1.0
+
+
+def set_weights(sizes: Sequence[int], total: float = 1.0) -> np.ndarray:
+    """Per-pair weights giving each set the same share of ``total``."""
+    return np.concatenate([np.full(n, total / (len(sizes) * n)) for n in sizes])
+
+
+def fit(sets: Sequence[Any], names: Sequence[str] = SHIPPED_FEATURES, floor: float = COSINE_FLOOR,
+        target: float = TARGET_PRECISION, extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> PairModel:
+    """The pair model fitted on ``sets`` (``DevSet``-like: X with columns FEATURES, y), threshold
+    and cosine-only threshold by the precision rule over the sets. ``extra`` (X, y, weight) adds
+    more weighted pairs to the fit (the user's labels)."""
+    cols = [FEATURES.index(n) for n in names]
+    X = np.concatenate([s.X[:, cols] for s in sets]) if sets else np.zeros((0, len(cols)))
+    y = np.concatenate([s.y for s in sets]) if sets else np.zeros(0)
+    w = set_weights([len(s.y) for s in sets]) if sets else np.zeros(0)
+    if extra is not None:
+        X, y, w = np.concatenate([X, extra[0][:, cols]]), np.concatenate([y, extra[1]]), np.concatenate([w, extra[2]])
+    model = fit_pair_model(X, y, names, w, floor)
+    if not sets:
+        return model
+    scores = [model.score(s.X[:, cols]) for s in sets]
+    cos = [np.where(s.X[:, 0] >= floor, s.X[:, 0], s.X[:, 0] - 1.0) for s in sets]
+    return _replace(model, threshold=_open01(precision_threshold(scores, [s.y for s in sets], target)),
+                    cosine_threshold=precision_threshold(cos, [s.y for s in sets], target))
+
+
+def _open01(t: float) -> float:
+    return float(min(max(t, 1e-3), 1 - 1e-3))
+
+
+def _replace(model: PairModel, **changes: Any) -> PairModel:
+    import dataclasses
+
+    return dataclasses.replace(model, **changes)
+
+
+def evaluate(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], threshold: float,
+             names: Sequence[str]) -> dict[str, Any]:
+    """AP and P/R/F1 at ``threshold`` per set, and their means."""
+    per = {n: {"ap": average_precision(s, y), **prf_at(s, y, threshold)} for n, s, y in zip(names, scores, labels)}
+    mean = {k: float(np.mean([v[k] for v in per.values()])) for k in ("ap", "precision", "recall", "f1")}
+    return {"threshold": threshold, "sets": per, "mean": mean}
+
+
+def model_scores(model: PairModel, sets: Sequence[Any]) -> list[np.ndarray]:
+    cols = [FEATURES.index(n) for n in model.features]
+    return [model.score(s.X[:, cols]) for s in sets]
+
+
+def leave_one_set_out(sets: Sequence[Any], names: Sequence[str] = SHIPPED_FEATURES,
+                      floor: float = COSINE_FLOOR, target: float = TARGET_PRECISION) -> dict[str, Any]:
+    """Fit the model and choose its threshold on all sets but one; AP and F1 on the held-out one."""
+    out = {}
+    for held in range(len(sets)):
+        rest = [s for k, s in enumerate(sets) if k != held]
+        model = fit(rest, names, floor, target)
+        s = model_scores(model, [sets[held]])[0]
+        out[sets[held].name] = {"ap": average_precision(s, sets[held].y), **prf_at(s, sets[held].y, model.threshold)}
+    out["mean"] = {k: float(np.mean([v[k] for v in out.values()])) for k in ("ap", "f1")}
+    return out
+
+
+# ----------------------------------------------------------------------------- the shipped calibration
+def shipped_calibration(sets: Sequence[Any], adapter_sha: str, encoder: dict[str, Any],
+                        names: Sequence[str] = SHIPPED_FEATURES, floor: float = COSINE_FLOOR,
+                        target: float = TARGET_PRECISION) -> dict[str, Any]:
+    """The content of ``bellm_search/calibration.json`` for the encoder ``encoder`` (its identity)."""
+    model = fit(sets, names, floor, target)
+    dev = evaluate(model_scores(model, sets), [s.y for s in sets], model.threshold, [s.name for s in sets])
+    loso = leave_one_set_out(sets, names, floor, target)
+    return {"version": 2, "model": model.to_dict(), "threshold": round(model.threshold, 6),
+            "cosine_threshold": round(model.cosine_threshold, 6), "cosine_floor": floor,
+            "adapter_sha256": adapter_sha, "encoder": {k: encoder.get(k) for k in ("model", "adapter_sha256")},
+            "chosen_by": f"logistic pair model fitted on {', '.join(s.name for s in sets)} (each set weighted "
+                         f"equally); threshold: the lowest with mean precision >= {target}",
+            "pairs": {s.name: int(len(s.y)) for s in sets},
+            "mean_ap": round(dev["mean"]["ap"], 4), "mean_f1_at_threshold": round(dev["mean"]["f1"], 4),
+            "leave_one_set_out": {"mean_ap": round(loso["mean"]["ap"], 4), "mean_f1": round(loso["mean"]["f1"], 4)},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def save_dev_features(sets: Sequence[Any], adapter_sha: str, path: Path = DEV_FEATURES) -> None:
+    """The dev pairs' features (float16, small) next to the shipped calibration, so a user's
+    ``calibrate`` can refit on them without the dev data or re-encoding."""
+    from bellm_search._fs import atomic_write
+
+    arrays = {"adapter_sha256": np.array(adapter_sha), "features": np.array(FEATURES),
+              **{f"X_{s.name}": s.X.astype(np.float16) for s in sets}, **{f"y_{s.name}": s.y.astype(np.int8) for s in sets}}
+    atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays), mode="wb")
+
+
+def load_dev_features(adapter_sha: str | None, path: Path = DEV_FEATURES) -> list[Any]:
+    """The shipped dev features when they were computed with this adapter; else []."""
+    from bellm_search.eval.devsets import DevSet
+
+    if not adapter_sha or not path.is_file():
+        return []
+    saved = np.load(path)
+    if str(saved["adapter_sha256"]) != adapter_sha or list(saved["features"]) != list(FEATURES):
+        return []
+    names = [k[2:] for k in saved.files if k.startswith("X_")]
+    return [DevSet(n, saved[f"X_{n}"].astype(np.float64), saved[f"y_{n}"].astype(np.int64)) for n in names]
+
+
+# ----------------------------------------------------------------------------- a collection's own calibration
+def user_pairs(coll: Any, labels_path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The user's answered labels as (features (n, len(FEATURES)), 0/1 labels, problems)."""
+    from bellm_search.dedup.calibration import doc_sides
+    from bellm_search.dedup.labels import answered, read_labels
+    from bellm_search.pairs.features import pair_features
+
+    rows = answered(read_labels(labels_path))
+    ids = coll.store.lookup_keys([str(r[s]) for r in rows for s in ("a", "b")])
+    ia, ib = np.array(ids[0::2], dtype=object), np.array(ids[1::2], dtype=object)
+    live = np.array([a is not None and b is not None and coll.store.get_doc(a) and coll.store.get_doc(b)
+                     for a, b in zip(ia, ib)], dtype=bool)
+    problems = [f"{(~live).sum()} labelled pairs name documents not in the collection (skipped)"] if (~live).any() else []
+    ia, ib = ia[live].astype(np.int64), ib[live].astype(np.int64)
+    y = np.array([int(r["duplicate"]) for r, ok in zip(rows, live) if ok], dtype=np.int64)
+    if not len(y):
+        return np.zeros((0, len(FEATURES))), y, problems
+    cos = np.einsum("ij,ij->i", coll.store.get_vectors(ia), coll.store.get_vectors(ib)).astype(np.float64)
+    return pair_features(cos, *doc_sides(coll, ia, ib, True), FEATURES), y, problems
+
+
+def cross_validate(dev: Sequence[Any], X: np.ndarray, y: np.ndarray, names: Sequence[str], floor: float,
+                   folds: int = 5, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Out-of-fold probabilities of the user's pairs (each fold's model fitted on the dev sets plus
+    the other folds), and the threshold the precision rule picks on them."""
+    fold = np.random.default_rng(seed).permutation(len(y)) % min(folds, len(y))
+    prob = np.zeros(len(y))
+    cols = [FEATURES.index(n) for n in names]
+    for f in np.unique(fold):
+        tr = fold != f
+        model = fit(dev, names, floor, extra=(X[tr], y[tr], np.full(tr.sum(), USER_SHARE / len(y))))
+        prob[~tr] = model.score(X[~tr][:, cols])
+    return prob, precision_threshold([prob], [y])
+
+
+def fit_collection(coll: Any, labels_path: Path, folds: int = 5) -> tuple[PairModel, dict[str, Any]]:
+    """The pair model refitted on the dev pairs (when computed with this collection's encoder) plus
+    the user's labels, weighted up, and what to record about it (cross-validated P/R/F1 on the
+    user's labels included). Nothing is written."""
+    from bellm_search.dedup.calibration import SHIPPED, read_calibration
+    from bellm_search.errors import ConfigError
+
+    X, y, problems = user_pairs(coll, Path(labels_path))
+    if len(y) < MIN_LABELS or y.min() == y.max():
+        raise ConfigError(f"{labels_path}: {len(y)} answered pairs ({int(y.sum())} duplicates): calibrate needs at "
+                          f"least {MIN_LABELS}, both duplicates and not; label more with `bellm-search label`")
+    encoder = dict(coll.manifest.get("encoder", {}))
+    dev = load_dev_features(encoder.get("adapter_sha256"))
+    names = PairModel.from_dict(read_calibration(SHIPPED)["model"]).features if dev else FEATURES
+    prob, threshold = cross_validate(dev, X, y, names, COSINE_FLOOR, folds)
+    model = fit(dev, names, COSINE_FLOOR, extra=(X, y, np.full(len(y), USER_SHARE / len(y))))
+    cos = np.where(X[:, 0] >= COSINE_FLOOR, X[:, 0], X[:, 0] - 1.0)
+    model = _replace(model, threshold=_open01(threshold), cosine_threshold=precision_threshold([cos], [y]))
+    record = {"version": 2, "model": model.to_dict(), "threshold": model.threshold, "cosine_threshold": model.cosine_threshold,
+              "adapter_sha256": encoder.get("adapter_sha256"),
+              "encoder": {k: encoder.get(k) for k in ("model", "adapter_sha256")},
+              "labels": int(len(y)), "duplicates": int(y.sum()), "dev_pairs": int(sum(len(s.y) for s in dev)),
+              "user_share": USER_SHARE, "cv": {**prf_at(prob, y, threshold), "folds": int(min(folds, len(y)))},
+              "problems": problems, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return model, record
+
+
+def calibrate_collection(coll: Any, labels_path: Path, folds: int = 5) -> dict[str, Any]:
+    """``fit_collection``, then write ``COLL/calibration.json`` (atomically) and record it in the
+    manifest; from then on ``decision_for(coll)`` uses it. See /work/notes/calibration_api.txt."""
+    from bellm_search._fs import write_json_atomic
+    from bellm_search.collection.manifest import write_manifest
+    from bellm_search.dedup.calibration import CALIBRATION_FILE
+
+    model, record = fit_collection(coll, labels_path, folds)
+    path = Path(coll.path) / CALIBRATION_FILE
+    write_json_atomic(path, record)
+    coll.manifest["calibration"] = {"file": CALIBRATION_FILE, "adapter_sha256": record["adapter_sha256"],
+                                    "model": record["encoder"]["model"], "labels": record["labels"],
+                                    "created": record["created"]}
+    write_manifest(Path(coll.path), coll.manifest)
+    return {**{k: record[k] for k in ("labels", "duplicates", "dev_pairs", "cv", "threshold", "encoder", "problems")},
+            "not_duplicates": record["labels"] - record["duplicates"], "user_weight": USER_SHARE, "path": str(path)}

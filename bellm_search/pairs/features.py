@@ -1,0 +1,112 @@
+"""Cheap pair features for the duplicate model, each monotone in "more alike":
+
+- ``cosine``: of the two encoder vectors (given);
+- ``jaccard5``: Jaccard of the character 5-grams of the social-normalised texts (hashed shingles);
+- ``containment``: the shorter text's 5-grams found in the longer (|A & B| / min(|A|, |B|));
+- ``length_ratio``: min / max of the two shingle counts (~ normalised text lengths);
+- ``retweet``: 1 when the shorter text lies wholly inside the longer after social normalisation
+  (a retweet, a quote, "text via @user"), with at least ``RETWEET_MIN_SHINGLES`` 5-grams;
+- ``word_jaccard``: Jaccard of the normalised word sets (needs the text, not only stored shingles).
+
+Everything but ``cosine`` comes from per-document hash arrays, so dedup computes a document's
+shingles once (or reads them from the store) and pair features in vectorised batches. Pure numpy.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bellm_search.pairs.normalize import normalize_text
+from bellm_search.pairs.shingles import EMPTY, SHINGLE, batch_jaccard, batch_overlaps, shingle_hashes
+
+FEATURES = ("cosine", "jaccard5", "containment", "length_ratio", "retweet", "word_jaccard")
+TEXT_FEATURES = frozenset({"word_jaccard"})  # need the text itself; the others need only shingles
+RETWEET_MIN_SHINGLES = 5
+_WORD = re.compile(r"\w+")
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass(frozen=True)
+class DocSide:
+    """What the features need of one document: its 5-gram hashes, and (optionally) word hashes."""
+
+    shingles: np.ndarray
+    words: np.ndarray | None = None
+
+
+def word_hashes(norm: str) -> np.ndarray:
+    """Sorted unique uint64 hashes of the words of an already normalised text."""
+    words = _WORD.findall(norm)
+    if not words:
+        return EMPTY
+    with np.errstate(over="ignore"):
+        h = np.array([hash_word(w) for w in words], dtype=np.uint64) * _MIX
+    return np.unique(h)
+
+
+def hash_word(word: str) -> int:
+    """A stable 64-bit hash (FNV-1a) of a word (Python's ``hash`` is salted per process)."""
+    h = 0xCBF29CE484222325
+    for byte in word.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def doc_side(text: str | None, with_words: bool = True) -> DocSide | None:
+    """A document's feature inputs from its text (None: no text)."""
+    if not isinstance(text, str):
+        return None
+    words = word_hashes(normalize_text(text, social=True)) if with_words else None
+    return DocSide(shingle_hashes(text, SHINGLE), words)
+
+
+def pair_features(cosine: np.ndarray, a: Sequence[DocSide | None], b: Sequence[DocSide | None],
+                  names: Sequence[str] = FEATURES) -> np.ndarray:
+    """(n, len(names)) float64 feature matrix. A pair with a side missing (no text, no shingles)
+    gets NaN in every feature but ``cosine``; ``word_jaccard`` is NaN where words are missing."""
+    cos = np.asarray(cosine, dtype=np.float64).ravel()
+    if not len(cos) == len(a) == len(b):
+        raise ValueError(f"{len(cos)} cosines for {len(a)} and {len(b)} documents")
+    have = np.array([x is not None and y is not None for x, y in zip(a, b)], dtype=bool)
+    cols = {"cosine": cos}
+    sa = [x.shingles if ok else EMPTY for x, ok in zip(a, have)]
+    sb = [y.shingles if ok else EMPTY for y, ok in zip(b, have)]
+    inter, na, nb = batch_overlaps(sa, sb)
+    lo, hi = np.minimum(na, nb), np.maximum(na, nb)
+    union = na + nb - inter
+    cols["jaccard5"] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    cols["containment"] = np.where(lo > 0, inter / np.maximum(lo, 1), (hi == 0).astype(np.float64))
+    cols["length_ratio"] = np.where(hi > 0, lo / np.maximum(hi, 1), 1.0)
+    cols["retweet"] = ((inter == lo) & (lo >= RETWEET_MIN_SHINGLES)).astype(np.float64)
+    if "word_jaccard" in names:
+        cols["word_jaccard"] = _word_jaccard(a, b, have)
+    out = np.column_stack([cols[n] for n in names]) if len(cos) else np.zeros((0, len(names)))
+    lexical = [k for k, n in enumerate(names) if n != "cosine"]
+    out[np.ix_(~have, lexical)] = np.nan
+    return out
+
+
+def _word_jaccard(a: Sequence[DocSide | None], b: Sequence[DocSide | None], have: np.ndarray) -> np.ndarray:
+    ok = np.array([h and x.words is not None and y.words is not None for x, y, h in zip(a, b, have)], dtype=bool)
+    wa = [x.words if k else EMPTY for x, k in zip(a, ok)]
+    wb = [y.words if k else EMPTY for y, k in zip(b, ok)]
+    return np.where(ok, batch_jaccard(wa, wb), np.nan)
+
+
+def text_pair_features(cosine: np.ndarray, texts_a: Sequence[str | None], texts_b: Sequence[str | None],
+                       names: Sequence[str] = FEATURES) -> np.ndarray:
+    """``pair_features`` from texts, each distinct text normalised once."""
+    with_words = bool(TEXT_FEATURES & set(names))
+    cache: dict[str, DocSide | None] = {}
+
+    def side(t: str | None) -> DocSide | None:
+        if t is None:
+            return None
+        if t not in cache:
+            cache[t] = doc_side(t, with_words)
+        return cache[t]
+
+    return pair_features(cosine, [side(t) for t in texts_a], [side(t) for t in texts_b], names)
