@@ -114,8 +114,9 @@ def rss_mb(pid: int) -> float:
 
 
 # ----------------------------------------------------------------------------- the load
-def plan(n: int, posts: list[dict], seed: int) -> list[tuple[str, str, dict | None]]:
-    """n (method, path, body) in a fixed pseudo-random order following MIX."""
+def plan(n: int, posts: list[dict], seed: int, calibrated: bool) -> list[tuple[str, str, dict | None]]:
+    """n (method, path, body) in a fixed pseudo-random order following MIX. Near-duplicate lookups
+    give a threshold unless the encoder has a calibration (the fake one has none)."""
     rng = random.Random(seed)
     texts = [p["text"] for p in posts]
     kinds, weights = zip(*MIX)
@@ -126,7 +127,8 @@ def plan(n: int, posts: list[dict], seed: int) -> list[tuple[str, str, dict | No
         elif kind == "embed":
             out.append(("POST", "/embed", {"texts": rng.sample(texts, rng.randint(1, 4))}))
         elif kind == "near-duplicates":
-            out.append(("POST", "/near-duplicates", {"text": rng.choice(texts), "k": 5}))
+            body = {"text": rng.choice(texts), "k": 5}
+            out.append(("POST", "/near-duplicates", body if calibrated else {**body, "threshold": 0.9}))
         else:
             out.append(("POST", "/query", {"text": rng.choice(texts) + f" {rng.randint(0, 99)}", "k": 10}))
     return out
@@ -193,9 +195,9 @@ def main() -> None:
         build_collection(work / "coll", posts, args.real)
         print(f"# collection: {len(posts)} posts in {time.perf_counter() - t0:.1f}s", flush=True)
         with server(work / "coll", args, work / "server.log") as (url, pid):
-            asyncio.run(run_load(url, pid, plan(min(200, args.requests), posts, args.seed + 1), args.clients))  # warm-up
+            asyncio.run(run_load(url, pid, plan(min(200, args.requests), posts, args.seed + 1, args.real), args.clients))  # warm-up
             print(f"# server pid {pid} at {url}; {args.requests} requests from {args.clients} clients", flush=True)
-            result = asyncio.run(run_load(url, pid, plan(args.requests, posts, args.seed), args.clients))
+            result = asyncio.run(run_load(url, pid, plan(args.requests, posts, args.seed, args.real), args.clients))
             info = httpx.get(url + "/info", timeout=60).json()["server"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
