@@ -11,7 +11,7 @@ echo "== ingest $CORPUS -> indexes/demo" >&2
 # the demo's own collection is rebuilt each run: one built by another version of the encoder
 # (e.g. before an upgrade of the shipped adapter) is refused on open, by design
 rm -rf indexes/demo
-$BS ingest "$CORPUS" --collection demo --normalize
+$BS ingest "$CORPUS" --collection demo --normalize-social
 echo "== info" >&2
 $BS info --collection demo
 for q in "puppy ate something it should not have" "new phone announced today" "heavy rain and flooding"; do

@@ -96,24 +96,24 @@ def test_collection_commands_end_to_end(capsys, corpus, tiny_llama, tmp_path, mo
     assert code == 1 and ":2:" in err
     code, out, _ = run(capsys, "ingest", str(corpus), "--skip-invalid", "--json", *base)
     stats = json.loads(out)
-    assert code == 0 and (stats["added"], stats["invalid"], stats["documents"]) == (3, 1, 3)
+    assert code == 0 and (stats["added"], stats["invalid"], stats["documents"]) == (2, 2, 2)  # b: not text; d: empty
     code, out, _ = run(capsys, "ingest", str(corpus), "--skip-invalid", "--json")  # encoder from the manifest
-    assert json.loads(out)["skipped_known"] == 3
+    assert json.loads(out)["skipped_known"] == 2
     code, out, _ = run(capsys, "query", "a man is playing guitar", "-k", "2", "--json")
     hits = [json.loads(x) for x in out.splitlines()]
     assert code == 0 and hits[0]["id"] == "a" and hits[0]["metadata"] == {"lang": "en"}
     code, out, _ = run(capsys, "query", "guitar", "--where", "lang=fr", "--json")
     assert [json.loads(x)["id"] for x in out.splitlines()] == ["c"]
     code, out, _ = run(capsys, "info", "--json")
-    assert json.loads(out)["documents"] == 3
+    assert json.loads(out)["documents"] == 2
     code, out, _ = run(capsys, "delete", "a", "zz", "--json")
     assert json.loads(out) == {"deleted": 1, "unknown": ["zz"]}
     code, out, _ = run(capsys, "query", "a man is playing guitar", "--json")
     assert "a" not in [json.loads(x)["id"] for x in out.splitlines()]
     code, out, _ = run(capsys, "reindex", "--factory", "Flat", "--json")
-    assert code == 0 and json.loads(out)["ntotal"] == 2
+    assert code == 0 and json.loads(out)["ntotal"] == 1
     code, out, _ = run(capsys, "dedup", "--threshold", "0.999", "-o", "rm.txt", "--emit", "remove", "--json")
-    assert code == 0 and json.loads(out)["documents"] == 2
+    assert code == 0 and json.loads(out)["documents"] == 1
     code, _, err = run(capsys, "ingest", str(corpus), "--skip-invalid", "--bidirectional-layers", "2", *base)
     assert code == 1 and "different encoder" in err
 
@@ -123,19 +123,20 @@ def test_dedup_one_shot_on_a_corpus(capsys, tiny_llama, tmp_path):
     corpus.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in enumerate(
         ["Big sale today http://t.co/1", "RT @shop: big sale today http://t.co/2", "something else"])) + "\n")
     out = tmp_path / "clusters.jsonl"
-    code, stdout, _ = run(capsys, "dedup", str(corpus), "--normalize", "--threshold", "0.9999", "-o", str(out),
+    code, stdout, _ = run(capsys, "dedup", str(corpus), "--normalize-social", "--threshold", "0.9999", "-o", str(out),
                           "--model", str(tiny_llama), "--adapter", "none", "--json")
     assert code == 0
     clusters = [json.loads(x) for x in out.read_text().splitlines()]
-    assert clusters == [{"cluster": 0, "keep": "0", "members": ["0", "1"], "max_score": 1.0, "min_score": 1.0}]
+    assert clusters == [{"cluster": 0, "keep": "0", "members": ["0", "1"], "size": 2, "max_score": 1.0, "min_score": 1.0,
+                         "weakest_link": {"id1": "0", "id2": "1", "score": 1.0}}]
     assert json.loads(stdout)["removed_exact"] == 1
-    # the score is reported; an uncalibrated lexical weight needs a threshold, and fails before ingesting
-    assert json.loads(stdout)["score"].endswith(")") and json.loads(stdout)["lexical_weight"] > 0
-    code, _, err = run(capsys, "dedup", str(corpus), "--lexical-weight", "0.25", "-c", str(tmp_path / "never"),
+    # no calibration fits the tiny model: the threshold is a cosine; without one it fails before ingesting
+    assert json.loads(stdout)["score"] == "cosine"
+    code, _, err = run(capsys, "dedup", str(corpus), "-c", str(tmp_path / "never"),
                        "--model", str(tiny_llama), "--adapter", "none")
-    assert code == 1 and "--lexical-weight 0.25 has no calibrated threshold" in err
+    assert code == 1 and "--threshold" in err and "bellm-search calibrate" in err
     assert not (tmp_path / "never").exists()
-    code, stdout, _ = run(capsys, "dedup", str(corpus), "--normalize", "--lexical-weight", "0", "--threshold", "0.9999",
+    code, stdout, _ = run(capsys, "dedup", str(corpus), "--normalize-social", "--score", "cosine", "--threshold", "0.9999",
                           "--model", str(tiny_llama), "--adapter", "none", "--json")
     assert code == 0 and json.loads(stdout)["score"] == "cosine" and json.loads(stdout)["removed"] == 1
 

@@ -10,7 +10,8 @@ import typer
 from bellm_search.cli.options import (
     AdapterOpt, AddressOpt, BatchOpt, BidirOpt, CollectionOpt, DeviceOpt, DTypeOpt, EngineOpt, GpusOpt, IdFieldOpt,
     JsonOpt, MaxLenOpt, ModelOpt, NoWaitOpt, NormalizeOpt, NprobeOpt, NumEncodersOpt, PoolingOpt, PromptOpt,
-    SkipInvalidOpt, TextFieldOpt, collection_path, encoder_options, open_collection,
+    SkipInvalidOpt, TextFieldOpt, collection_folder, collection_path, encoder_options, input_files, open_collection,
+    refuse_unused,
 )
 from bellm_search.cli.output import emit, note, progress_bar
 
@@ -18,11 +19,12 @@ from bellm_search.cli.output import emit, note, progress_bar
 def ingest(
     corpora: Annotated[Optional[list[str]], typer.Argument(help="Corpus files: .jsonl, .txt or - for stdin (several allowed).")] = None,
     collection: CollectionOpt = None,
-    text_field: TextFieldOpt = "text",
-    id_field: IdFieldOpt = "id",
+    text_field: TextFieldOpt = None,
+    id_field: IdFieldOpt = None,
     skip_invalid: SkipInvalidOpt = False,
-    skip_near_duplicates: Annotated[Optional[float], typer.Option(
-        "--skip-near-duplicates", help="Record a new document as a duplicate when its cosine to a stored one is >= this.")] = None,
+    near_duplicate_threshold: Annotated[Optional[float], typer.Option(
+        "--near-duplicate-threshold", min=-1.0, max=1.0,
+        help="Record a new document as a near duplicate (stored, no vector) when its cosine to a stored one is >= this.")] = None,
     normalize: NormalizeOpt = False,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Documents per durable commit.")] = 2048,
     from_embeddings: Annotated[Optional[Path], typer.Option("--from-embeddings", help="Build from embedding shards (emb/ + meta/) made anywhere; no encoding.")] = None,
@@ -37,27 +39,28 @@ def ingest(
     from bellm_search.collection.core import Collection, MANIFEST
     from bellm_search.corpus import CorpusOptions, ReadStats, read_corpus
 
-    path = collection_path(collection)
+    path = collection_folder(collection)
     opts = encoder_options(model, adapter, bidirectional_layers, pooling, prompt, max_length, batch_size, device, dtype)
     if from_embeddings is not None or engine == "ray":
         _ingest_distributed(path, corpora, from_embeddings, engine, opts, text_field, id_field, skip_invalid,
-                            chunk_size, normalize, skip_near_duplicates, address, num_encoders, gpus_per_encoder,
+                            chunk_size, normalize, near_duplicate_threshold, address, num_encoders, gpus_per_encoder,
                             not no_wait, as_json)
         return
-    if (path / MANIFEST).is_file():
-        coll = Collection.open(path, **opts)
-    else:
-        coll = Collection.create(path, normalize_social=normalize, **opts)
     if not corpora:
         from bellm_search.errors import ConfigError
 
         raise ConfigError("give at least one CORPUS file (or --from-embeddings DIR)")
-    options = CorpusOptions(text_field=text_field, id_field=id_field, skip_invalid=skip_invalid,
+    input_files(corpora)  # before the model loads
+    if (path / MANIFEST).is_file():
+        coll = Collection.open(path, **opts)
+    else:
+        coll = Collection.create(path, normalize_social=normalize, **opts)
+    options = CorpusOptions(text_field=text_field or "text", id_field=id_field or "id", skip_invalid=skip_invalid,
                             prefix_ids=len(corpora) > 1, documents=True)
     read = ReadStats()
     records = (rec for corpus in corpora for rec in read_corpus(corpus, options, read))
     with coll, progress_bar("ingest") as bar:
-        stats = coll.ingest(records, chunk_size=chunk_size, skip_near_duplicates=skip_near_duplicates,
+        stats = coll.ingest(records, chunk_size=chunk_size, skip_near_duplicates=near_duplicate_threshold,
                             progress=bar.update, wait=not no_wait)
         total = coll.store.count()
     stats.invalid = read.invalid
@@ -72,19 +75,21 @@ def ingest(
 
 def _ingest_distributed(path, corpora, from_embeddings, engine, opts, text_field, id_field, skip_invalid,
                         chunk_size, normalize, near, address, num_encoders, gpus, wait, as_json) -> None:
-    from bellm_search.distributed import ray_embed as distributed
+    from bellm_search.distributed import ingest as distributed
     from bellm_search.errors import ConfigError
 
     if from_embeddings is not None:
         if corpora:
             raise ConfigError("--from-embeddings takes its documents from the shards: give no CORPUS")
+        refuse_unused("with --from-embeddings (the shards hold ids and texts already)", text_field=text_field,
+                      id_field=id_field, skip_invalid=skip_invalid, address=address)
         stats = distributed.ingest_from_embeddings(path, from_embeddings, encoder_options=opts or None,
                                                    chunk_size=chunk_size, normalize_social=normalize,
                                                    skip_near_duplicates=near, wait=wait)
     else:
         _, stats = distributed.ingest_with_ray(path, list(corpora), encoder_options=opts, address=address,
-                                               num_encoders=num_encoders, gpus_per_encoder=gpus, text_field=text_field,
-                                               id_field=id_field, skip_invalid=skip_invalid, chunk_size=chunk_size,
+                                               num_encoders=num_encoders, gpus_per_encoder=gpus, text_field=text_field or "text",
+                                               id_field=id_field or "id", skip_invalid=skip_invalid, chunk_size=chunk_size,
                                                normalize_social=normalize, skip_near_duplicates=near, wait=wait)
     note(f"{path}: added {stats.added}, skipped (known id) {stats.skipped_known}, exact duplicates "
          f"{stats.exact_duplicates}, near duplicates {stats.near_duplicates} in {stats.seconds:.1f}s")
@@ -100,7 +105,7 @@ def _read_queries(file: Path) -> list[str]:
 def query(
     text: Annotated[Optional[str], typer.Argument(help="Query text (or use --file).")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Queries: .jsonl with 'text' or .txt, one per line.")] = None,
-    k: Annotated[int, typer.Option("-k", help="Results per query.", min=1, max=10000)] = 10,
+    k: Annotated[int, typer.Option("--top-k", "-k", help="Results per query.", min=1, max=10000)] = 10,
     nprobe: NprobeOpt = None,
     where: Annotated[Optional[list[str]], typer.Option("--where", help="Metadata filter FIELD=VALUE (repeatable).")] = None,
     collection: CollectionOpt = None,
@@ -108,7 +113,7 @@ def query(
     as_json: JsonOpt = False,
 ) -> None:
     """Search a collection: the k nearest documents to each query."""
-    from bellm_search.collection.core import parse_where
+    from bellm_search.collection.search import parse_where
     from bellm_search.errors import ConfigError
 
     if (text is None) == (file is None):
@@ -146,8 +151,8 @@ def delete(
 
 def reindex(
     factory: Annotated[Optional[str], typer.Option("--factory", help="FAISS factory string, e.g. 'IVF4096,PQ144x4fs', 'IVF4096,PQ72' or 'Flat'.")] = None,
-    nlist: Annotated[Optional[int], typer.Option("--nlist", min=1)] = None,
-    m: Annotated[Optional[int], typer.Option("--m", help="PQ sub-quantizers (must divide the dimension).", min=1)] = None,
+    nlist: Annotated[Optional[int], typer.Option("--nlist", help="IVF lists (cells).", min=1)] = None,
+    m: Annotated[Optional[int], typer.Option("--pq-m", help="PQ sub-quantizers (must divide the dimension).", min=1)] = None,
     opq: Annotated[Optional[bool], typer.Option("--opq/--no-opq", help="OPQ rotation before PQ.")] = None,
     collection: CollectionOpt = None,
     no_wait: NoWaitOpt = False,

@@ -10,15 +10,16 @@ import typer
 from bellm_search.cli.options import (
     AdapterOpt, AddressOpt, BatchOpt, BidirOpt, DeviceOpt, DTypeOpt, EngineOpt, GpusOpt, IdFieldOpt, JsonOpt,
     MaxLenOpt, ModelOpt, NumEncodersOpt, PoolingOpt, PromptOpt, SkipInvalidOpt, TextFieldOpt, encoder_options,
+    refuse_unused,
 )
-from bellm_search.cli.output import emit, note
+from bellm_search.cli.output import emit, note, output_file, progress_bar
 
 
 def embed(
     input: Annotated[list[str], typer.Argument(help="Corpus: .jsonl, .txt (one text per line) or - for stdin (ray: several files or globs).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the float32 .npy (n, dim).")] = None,
-    text_field: TextFieldOpt = "text",
-    id_field: IdFieldOpt = "id",
+    text_field: TextFieldOpt = None,
+    id_field: IdFieldOpt = None,
     skip_invalid: SkipInvalidOpt = False,
     engine: EngineOpt = "local",
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="ray: shards folder (emb/*.npy + meta/*.parquet).")] = None,
@@ -39,7 +40,7 @@ def embed(
         from bellm_search.distributed.ray_embed import embed_with_ray
 
         summary = embed_with_ray(list(input), output_dir, opts, address=address, num_encoders=num_encoders,
-                                 gpus_per_encoder=gpus_per_encoder, text_field=text_field, id_field=id_field,
+                                 gpus_per_encoder=gpus_per_encoder, text_field=text_field or "text", id_field=id_field or "id",
                                  batch_size=batch_size or 256, skip_invalid=skip_invalid)
         note(f"embedded {summary['rows']} texts -> {output_dir} ({summary['shards']} shards, {summary['seconds']:.1f}s)")
         emit(summary, as_json)
@@ -48,7 +49,10 @@ def embed(
         raise ConfigError(f"--engine {engine!r}: use local or ray")
     if output is None or len(input) != 1:
         raise ConfigError("the local engine embeds one INPUT into --output FILE.npy")
-    _embed_local(input[0], output, text_field, skip_invalid, {**opts, **({"batch_size": batch_size} if batch_size else {})}, as_json)
+    output_file(output)
+    refuse_unused("by the local engine (one row per text, in input order; ids only go into --engine ray shards)",
+                  id_field=id_field, output_dir=output_dir, address=address)
+    _embed_local(input[0], output, text_field or "text", skip_invalid, {**opts, **({"batch_size": batch_size} if batch_size else {})}, as_json)
 
 
 def _embed_local(input: str, output: Path, text_field: str, skip_invalid: bool, opts: dict[str, Any], as_json: bool) -> None:
@@ -58,7 +62,8 @@ def _embed_local(input: str, output: Path, text_field: str, skip_invalid: bool, 
     stats = ReadStats()
     texts = read_texts(input, CorpusOptions(text_field=text_field, skip_invalid=skip_invalid), stats)
     start = time.perf_counter()
-    shape, truncated = encode_to_npy(texts, output, opts)
+    with progress_bar("embed", "text", total=len(texts)) as bar:
+        shape, truncated = encode_to_npy(texts, output, opts, progress=bar.update)
     seconds = time.perf_counter() - start
     summary = {"output": str(output), "rows": shape[0], "dim": shape[1], "invalid_lines": stats.invalid,
                "truncated": truncated, "seconds": round(seconds, 3)}

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Annotated
 
 import typer
 
-from bellm_search.cli import collection, dedup, embed, serve, train
+from bellm_search.cli import collection, dedup, embed, label, serve, train
 from bellm_search.errors import BellmError
 
 app = typer.Typer(
@@ -25,16 +26,35 @@ eval_app = typer.Typer(help="Evaluate embeddings: STS correlation, duplicate-det
 log = logging.getLogger("bellm_search")
 
 
+# Library warnings we cannot fix at their cause: peft reads transformers' deprecated
+# ``is_gradient_checkpointing`` property whenever it wraps a model (peft/peft_model.py).
+UNFIXABLE_WARNINGS = ((FutureWarning, r"`is_gradient_checkpointing` is deprecated"),)
+
+
 @app.callback()
 def _main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output: -v info and every library warning, -vv debug.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors: no warnings, no progress messages.")] = False,
 ) -> None:
+    configure_output(verbose, quiet)
+
+
+def configure_output(verbose: int, quiet: bool) -> None:
+    """The one place that decides what reaches stderr besides results and the command's messages:
+    default = warnings of this package (and of libraries, less the known unfixable ones);
+    -v = also INFO and every library warning; -vv = DEBUG; -q = errors only."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("bellm_search").setLevel(logging.INFO if not quiet and verbose == 0 else level)
-    for noisy in ("transformers", "peft", "faiss"):
+    logging.getLogger("bellm_search").setLevel(level)
+    if not quiet and verbose == 0:
+        logging.getLogger("bellm_search.serve").setLevel(logging.INFO)  # a server's log is its output
+    for noisy in ("transformers", "peft", "faiss", "ray"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if quiet:
+        warnings.simplefilter("ignore")
+    elif verbose == 0:
+        for category, message in UNFIXABLE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
 
 
 app.command()(embed.embed)
@@ -46,13 +66,15 @@ app.command("train", help="Train a BeLLM LoRA adapter (AnglE loss) on NLI triple
 app.command("serve", help="Serve a collection over HTTP (FastAPI on uvicorn) with micro-batched encoding.")(serve.serve_command)
 app.add_typer(eval_app, name="eval")
 eval_app.command("dedup")(dedup.eval_dedup)
+app.command()(label.label)
+app.command()(label.calibrate)
 eval_app.command("sts", help="Spearman x100 of cosine vs gold scores (STS-B TSV or JSONL).")(train.eval_sts_command)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the app; known errors become one line on stderr and exit code 1."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
     except BellmError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -75,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         log.debug("storage error", exc_info=True)  # the traceback with -vv
         typer.echo(f"error: {message}", err=True)
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # python -m bellm_search.cli.main (what the server tests and scripts start)

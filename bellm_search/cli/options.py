@@ -22,10 +22,10 @@ DTypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto | float32
 
 # ----------------------------------------------------------------------------- input and output
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-TextFieldOpt = Annotated[str, typer.Option("--text-field", help="JSONL field holding the text.")]
-IdFieldOpt = Annotated[str, typer.Option("--id-field", help="JSONL field holding the document id (default: line number).")]
+TextFieldOpt = Annotated[Optional[str], typer.Option("--text-field", help="JSONL field holding the text (default: text).")]
+IdFieldOpt = Annotated[Optional[str], typer.Option("--id-field", help="JSONL field holding the document id (default: id; else the line number).")]
 SkipInvalidOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip and count invalid lines instead of stopping.")]
-NormalizeOpt = Annotated[bool, typer.Option("--normalize", help="Social-media normalisation for exact duplicates (new collections).")]
+NormalizeOpt = Annotated[bool, typer.Option("--normalize-social", help="Exact duplicates compared after social-media normalisation (RT markers, URLs, @mentions and # dropped, case-folded; new collections).")]
 NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists to visit (default from the collection).", min=1)]
 
 # ----------------------------------------------------------------------------- Ray
@@ -50,6 +50,17 @@ def encoder_options(model=None, adapter=None, bidirectional_layers=None, pooling
     return {k: v for k, v in given.items() if v is not None}
 
 
+def refuse_unused(reason: str, **given: Any) -> None:
+    """Options a command would accept and never read are refused: ``refuse_unused("with --from-embeddings",
+    text_field=...)`` raises for each one given (not None and not False)."""
+    from bellm_search.errors import ConfigError
+
+    names = [f"--{name.replace('_', '-')}" for name, value in given.items() if value not in (None, False)]
+    if names:
+        raise ConfigError(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} not used {reason}: leave "
+                          f"{'it' if len(names) == 1 else 'them'} out")
+
+
 def collection_path(value: str | None) -> Path:
     """A bare name lives under ./indexes/ and may not escape it; anything with a slash is a path."""
     from bellm_search.errors import CollectionError
@@ -64,6 +75,30 @@ def collection_path(value: str | None) -> Path:
     if path.is_symlink():
         raise CollectionError(f"collection name {value!r} is a symbolic link; give the real path instead")
     return path
+
+
+def collection_folder(value: str | None) -> Path:
+    """``collection_path`` for a command that may create the collection: neither it nor a folder
+    above it may be a file."""
+    from bellm_search.errors import CollectionError
+
+    path = collection_path(value)
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "" if folder == path else f" ({folder} is a file)"
+            raise CollectionError(f"collection {path} cannot be a folder{where}: give a folder path or a name")
+    return path
+
+
+def input_files(paths: list[str]) -> list[str]:
+    """Corpus files (or - for stdin) checked before any slow work: each must be a readable file."""
+    from bellm_search.errors import ConfigError
+
+    for name in paths:
+        if name != "-" and not Path(name).is_file():
+            problem = "is a directory" if Path(name).is_dir() else "does not exist"
+            raise ConfigError(f"{name} {problem}: give a .jsonl or .txt file (or - for stdin)")
+    return paths
 
 
 def open_collection(value: str | None, *, readonly: bool = False, **encoder_opts: Any) -> Any:

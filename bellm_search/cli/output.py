@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -21,8 +22,23 @@ def note(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def progress_bar(desc: str, unit: str = "doc") -> Any:
-    """The command's one progress bar (shown only on a terminal)."""
+def progress_bar(desc: str, unit: str = "doc", total: int | None = None) -> Any:
+    """The command's one progress bar (shown only on a terminal; library calls show none)."""
     from tqdm.auto import tqdm
 
-    return tqdm(desc=desc, unit=unit, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    return tqdm(desc=desc, unit=unit, total=total, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def output_file(path: Path | None) -> Path | None:
+    """Check a file the command will write before any slow work: not a directory, its folder a
+    directory (created when missing, unless a file is in the way)."""
+    from bellm_search.errors import ConfigError
+
+    if path is None:
+        return None
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory: give a file name to write (-o FILE)")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"cannot write {path}: {parent} is a file, not a folder")
+    return path

@@ -138,7 +138,7 @@ class Encoder:
         self,
         texts: Sequence[str],
         *,
-        show_progress_bar: bool | None = None,
+        show_progress_bar: bool | None = False,  # None: a bar when stderr is a terminal
         normalize_embeddings: bool = True,
     ) -> np.ndarray:
         """float32 (n, dim) embeddings in input order, L2-normalised by default."""

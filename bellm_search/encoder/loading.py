@@ -167,6 +167,7 @@ def apply_adapter(model: nn.Module, folder: Path, merge: bool = True) -> nn.Modu
 
     lora = LoraConfig.from_pretrained(str(folder))
     lora.task_type = None  # a plain PeftModel: the base has no LM head
+    lora.base_model_name_or_path = getattr(model, "name_or_path", None) or None  # the base as loaded (peft warns otherwise)
     lora.inference_mode = merge
     peft_model = get_peft_model(model, lora)
     state = remap_adapter_keys(load_peft_weights(str(folder), device="cpu"), model)
