@@ -274,3 +274,80 @@ def test_adapter_for_other_model_is_refused(tiny_root, tmp_path):
     with pytest.raises(ModelError):
         Encoder(model=str(make_model_folder(tiny_root, "llama", layers=2)), adapter=str(tmp_path / "a"),
                 dtype="float32")
+
+
+# ----------------------------------------------------------------------------- prompt-prefix reuse
+BELLM = 'The representative word for sentence {text} is:"'
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_prefix_reuse_equals_full_path(tiny_root, family, side, attn, monkeypatch):
+    path = tiny(tiny_root, family)
+    for pooling in ("last", "mean"):
+        kw = dict(bidirectional_layers=2, padding_side=side, attn_implementation=attn, pooling=pooling, prompt=BELLM)
+        full = encoder(path, reuse_prefix=False, **kw).encode(SENTENCES)
+        enc = encoder(path, **kw)
+        assert enc.runners[0] is not None and enc.runners[0].length >= 5
+        used = []
+        real = Encoder._embed_prefixed
+        monkeypatch.setattr(Encoder, "_embed_prefixed", lambda self, *a: used.append(1) or real(self, *a))
+        got = enc.encode(SENTENCES)
+        monkeypatch.undo()
+        assert used, "the prefix path was not taken"
+        assert np.abs(got - full).max() < 1e-4, (family, side, attn, pooling)
+
+
+def test_prefix_reuse_across_batches_and_k0(tiny_root):
+    path = tiny(tiny_root)
+    texts = SENTENCES * 3
+    for k in (0, 1, 3):
+        kw = dict(bidirectional_layers=k, prompt=BELLM, batch_size=2, max_batch_tokens=60)
+        full = encoder(path, reuse_prefix=False, **kw).encode(texts)
+        assert np.abs(encoder(path, **kw).encode(texts) - full).max() < 1e-4, k
+
+
+def test_rows_without_the_prefix_take_the_full_path(tiny_root):
+    enc = encoder(tiny(tiny_root), bidirectional_layers=2, prompt=BELLM)
+    runner = enc.runners[0]
+    rows = enc.tokenize(["cat", "dog"])
+    assert runner.fits(rows)
+    assert not runner.fits([rows[0], [7] + rows[1][1:]])  # one row's prefix differs
+    assert not runner.fits([rows[0], rows[1][:runner.length]])  # nothing after the prefix
+    assert encoder(tiny(tiny_root), prompt="{text}", pooling="mean").runners[0] is None
+
+
+def test_prefix_reuse_that_disagrees_is_switched_off(tiny_root, monkeypatch, caplog):
+    from bellm_search.encoder.prefix import PrefixRunner
+
+    real = PrefixRunner.forward
+    monkeypatch.setattr(PrefixRunner, "forward", lambda self, ids, mask: (lambda h, m: (h.flip(1), m))(*real(self, ids, mask)))
+    with caplog.at_level(logging.WARNING):
+        enc = encoder(tiny(tiny_root), bidirectional_layers=2, prompt=BELLM, pooling="mean", padding_side="left")
+    assert enc.runners[0] is None and "disagrees" in caplog.text
+    monkeypatch.undo()
+    full = encoder(tiny(tiny_root), bidirectional_layers=2, prompt=BELLM, pooling="mean", padding_side="left",
+                   reuse_prefix=False)
+    assert np.abs(enc.encode(SENTENCES) - full.encode(SENTENCES)).max() < 1e-5
+
+
+# ----------------------------------------------------------------------------- int8
+def test_int8_quantises_linear_layers_and_stays_close(tiny_root):
+    path = tiny(tiny_root)
+    ref = encoder(path, bidirectional_layers=2, prompt=BELLM).encode(SENTENCES)
+    enc = encoder(path, bidirectional_layers=2, prompt=BELLM, dtype="int8")
+    linear = [type(m) for m in enc.replicas[0].modules() if type(m).__name__ == "Linear"]
+    assert linear and all("quantized" in t.__module__ for t in linear)
+    assert enc.runners[0] is not None  # prefix reuse stays on (within bf16-like agreement)
+    got = enc.encode(SENTENCES)
+    assert enc.dtype == torch.float32
+    assert (got * ref).sum(1).min() > 0.98
+    assert np.abs(got - ref).max() > 1e-6  # it really is another arithmetic
+
+
+def test_int8_is_cpu_only():
+    from bellm_search.encoder.loading import resolve_dtype
+
+    with pytest.raises(ConfigError, match="CPU only"):
+        resolve_dtype("int8", torch.device("cuda"))

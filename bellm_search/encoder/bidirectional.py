@@ -17,15 +17,19 @@ from torch import nn
 FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder layers of a base ``*Model`` (llama, qwen, mistral, gemma...)."""
-    layers = getattr(model, "layers", None)
-    if isinstance(layers, nn.ModuleList):
-        return layers
+def layer_owner(model: nn.Module) -> nn.Module:
+    """The module holding the decoder layers (``.layers``) of a base ``*Model`` or a wrapper of one."""
+    if isinstance(getattr(model, "layers", None), nn.ModuleList):
+        return model
     inner = getattr(model, "model", None) or getattr(model, "language_model", None)
     if inner is not None and inner is not model:
-        return decoder_layers(inner)
+        return layer_owner(inner)
     raise TypeError(f"cannot find decoder layers on {type(model).__name__}")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder layers of a base ``*Model`` (llama, qwen, mistral, gemma...)."""
+    return layer_owner(model).layers
 
 
 def padding_only_mask(pad_mask: torch.Tensor | None, dtype: torch.dtype, impl: str) -> torch.Tensor | None:

@@ -15,14 +15,17 @@ from torch import nn
 from bellm_search.config import EncoderConfig
 from bellm_search.encoder.bidirectional import make_bidirectional
 from bellm_search.encoder.loading import (
+    INT8,
     apply_adapter,
     load_base_model,
     load_tokenizer,
+    quantize_int8,
     resolve_device,
     resolve_dtype,
     resolve_model,
 )
 from bellm_search.encoder.pooling import pool
+from bellm_search.encoder.prefix import PrefixRunner, common_prefix, prefix_runner
 from bellm_search.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,10 @@ def parse_devices(device: str) -> list[torch.device]:
 
 # ----------------------------------------------------------------------------- model building
 def build_backbone(config: EncoderConfig, device: torch.device, dtype: torch.dtype, merge_adapter: bool = True) -> nn.Module:
-    """Base model (+ adapter) with the top layers bidirectional, on ``device``, in eval mode."""
+    """Base model (+ adapter) with the top layers bidirectional, on ``device``, in eval mode.
+
+    ``config.dtype == "int8"``: float32 activations, int8 weights in every linear layer (dynamic
+    quantisation, CPU only)."""
     model = load_base_model(resolve_model(config.model), dtype, config.attn_implementation)
     if config.adapter:
         from bellm_search.encoder.adapter import read_adapter
@@ -79,13 +85,17 @@ def build_backbone(config: EncoderConfig, device: torch.device, dtype: torch.dty
         model = apply_adapter(model, read_adapter(config.adapter).path, merge=merge_adapter)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     make_bidirectional(base, config.bidirectional_layers)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return quantize_int8(model) if config.dtype == INT8 else model
 
 
 class Encoder:
-    """BeLLM sentence encoder: ``Encoder(config).encode(texts) -> float32 (n, dim)``."""
+    """BeLLM sentence encoder: ``Encoder(config).encode(texts) -> float32 (n, dim)``.
 
-    def __init__(self, config: EncoderConfig | None = None, **overrides: Any) -> None:
+    ``reuse_prefix`` (default True; also an attribute): run the prompt's shared prefix through the
+    lower layers once (encoder/prefix.py, exact); False is the full path on every sequence."""
+
+    def __init__(self, config: EncoderConfig | None = None, *, reuse_prefix: bool = True, **overrides: Any) -> None:
         if config is None:
             from bellm_search.encoder.resolve import resolve_config
 
@@ -101,6 +111,8 @@ class Encoder:
         self.max_tokens = config.max_batch_tokens
         self.truncated = 0
         self.pad_id = _safe_pad_id(self.tokenizer, self.replicas[0])
+        self.reuse_prefix = reuse_prefix
+        self.runners = [self._checked_runner(r) for r in range(len(self.replicas))] if reuse_prefix else []
 
     @property
     def dim(self) -> int:
@@ -212,6 +224,12 @@ class Encoder:
         return np.concatenate([self._embed_safe(replica, batch[:half]), self._embed_safe(replica, batch[half:])])
 
     def _embed(self, replica: int, batch: list[list[int]]) -> np.ndarray:
+        runner = self.runners[replica] if self.reuse_prefix and self.runners else None
+        if runner is not None and runner.fits(batch):
+            return self._embed_prefixed(runner, replica, batch)
+        return self._embed_full(replica, batch)
+
+    def _embed_full(self, replica: int, batch: list[list[int]]) -> np.ndarray:
         model, device = self.replicas[replica], self.devices[replica]
         input_ids, mask = pad_batch(batch, self.pad_id, self.config.padding_side)
         input_ids, mask = input_ids.to(device), mask.to(device)
@@ -220,6 +238,42 @@ class Encoder:
             hidden = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).last_hidden_state
             vecs = pool(hidden, mask, self.config.pooling).float()
         return vecs.cpu().numpy()
+
+    def _embed_prefixed(self, runner: PrefixRunner, replica: int, batch: list[list[int]]) -> np.ndarray:
+        rest_ids, rest_mask = pad_batch([x[runner.length:] for x in batch], self.pad_id, self.config.padding_side)
+        device = self.devices[replica]
+        with torch.inference_mode():
+            hidden, mask = runner.forward(rest_ids.to(device), rest_mask.to(device))
+            vecs = pool(hidden, mask, self.config.pooling).float()
+        return vecs.cpu().numpy()
+
+    # ------------------------------------------------------------------ prefix reuse
+    def prompt_prefix_ids(self) -> list[int]:
+        """The token ids every prompt-wrapped text starts with (empty for a prompt like "{text}")."""
+        prompt = self.config.resolved_prompt
+        probes = self.tokenizer([prompt.replace("{text}", t) for t in ("a", "Z 9")])["input_ids"]
+        return common_prefix(probes[0], probes[1])
+
+    def _checked_runner(self, replica: int) -> PrefixRunner | None:
+        """The replica's prefix runner, if it gives the full path's vectors on a probe (guards
+        against a transformers version whose cache or mask handling differs)."""
+        runner = prefix_runner(self.replicas[replica], self.config, self.prompt_prefix_ids())
+        if runner is None:
+            return None
+        prompt = self.config.resolved_prompt
+        probe = self.tokenizer([prompt.replace("{text}", t) for t in ("a man is playing a guitar", "cat")])["input_ids"]
+        probe = [x for x in probe if len(x) <= self.config.max_length]
+        if not probe or not runner.fits(probe):
+            return runner  # this prompt's rows take the full path anyway
+        full, reused = self._embed_full(replica, probe), self._embed_prefixed(runner, replica, probe)
+        full /= np.linalg.norm(full, axis=1, keepdims=True)
+        reused /= np.linalg.norm(reused, axis=1, keepdims=True)
+        worst = float((full * reused).sum(1).min())
+        exact = self.dtype == torch.float32 and self.config.dtype != INT8  # int8 scales depend on the batch
+        if worst < (1 - 1e-6 if exact else 0.999):
+            log.warning("prompt-prefix reuse disagrees with the full path (cosine %.6f); using the full path", worst)
+            return None
+        return runner
 
 
 def _safe_pad_id(tokenizer: Any, model: nn.Module) -> int:

