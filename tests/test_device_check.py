@@ -27,7 +27,9 @@ def test_dry_run_passes_every_section(device_check, tmp_path, capsys):
     assert "FAIL" not in text
     for section in ("environment", "bf16 = fp32", "OOM back-off", "training step", "batching gain", "throughput"):
         assert f"| {section} |" in text, section
-    assert text.count("| throughput | token budget") == 2
+    assert text.count("| throughput | token budget") == 3  # 1024, 4096, 4096 without prefix reuse
+    assert "| throughput | prefix reuse speed-up at budget" in text
+    assert "| prompt-prefix reuse active on the device (passed its self-check) | yes | PASS |" in text
     assert "| lmdb / faiss / gguf imported | none (not needed) | PASS |" in text
     assert "| section | check | result | status |" in capsys.readouterr().out
 
