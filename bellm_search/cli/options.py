@@ -18,7 +18,7 @@ PromptOpt = Annotated[Optional[str], typer.Option("--prompt", help="Prompt with 
 MaxLenOpt = Annotated[Optional[int], typer.Option("--max-length", help="Max tokens per text (longer texts are truncated).")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Max texts per encoder batch.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | cuda:0,cuda:1 | cuda:all")]
-DTypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")]
+DTypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto | float32 | bfloat16 | float16 | int8 (CPU: int8 linear layers)")]
 
 # ----------------------------------------------------------------------------- input and output
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
