@@ -18,7 +18,7 @@ a large request is encoded in several calls. Each call serves the requests that 
 so far first, and a call that holds a request never served before is not topped up with the rest of
 one already running: a one-word query that arrives while 256 long documents are being encoded waits
 for the call in progress only, then gets a call of its own. A request whose caller stopped waiting
-(its timeout, or the client went away) is dropped before its next part: the encoder does not go on
+(its timeout cancelled the await) is dropped before its next part: the encoder does not go on
 with work nobody will read.
 
 The encoder runs on ONE worker thread only: a torch model is not safe to call from several threads
