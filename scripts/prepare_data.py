@@ -13,7 +13,9 @@ Sources (../shared/data; the protocol in docs/training.md: never MRPC train, nev
   slice (the first tweets recur across pairs, so the pair-level split leaks texts; this variant
   measures how much that flatters the calibration-slice score).
 - ``twitter_url_scored.jsonl``: every non-calibration pair as {text1, text2, score 0/1}.
-- ``calibration.jsonl``: the calibration slice as {text1, text2, label} (never trained on).
+- ``dev/``: the model-selection sets, never trained on: ``twitter_url_calibration.jsonl`` (the
+  calibration slice), ``pit2015.jsonl`` (PIT-2015 dev, debatable votes dropped), ``mrpc_train.jsonl``
+  (labelled pairs {text1, text2, label}) and ``stsb.jsonl`` (STS-B dev, {text1, text2, score}).
 
 Rows are de-duplicated per file, in first-seen order. Counts go to stderr and ``manifest.json``.
 
@@ -32,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bellm_search.eval.datasets import Pair, read_pairs  # noqa: E402
+from bellm_search.eval.datasets import Pair, read_pairs, read_sts  # noqa: E402
 from bellm_search.eval.splits import calibration_mask  # noqa: E402
 
 Triple = tuple[str, str, str]  # (anchor, other, "pos" | "neg")
@@ -124,8 +126,15 @@ def build(data: Path) -> dict[str, list[dict]]:
         "twitter_url": triples(as_triples(train)),
         "twitter_url_strict": triples(as_triples(strict)),
         "twitter_url_scored": [{"text1": p.text1, "text2": p.text2, "score": float(p.label)} for p in train],
-        "calibration": [{"text1": p.text1, "text2": p.text2, "label": p.label} for p in cal],
+        "dev/twitter_url_calibration": labelled(cal),
+        "dev/pit2015": labelled(read_pairs(data / "pit2015" / "dev.data", "pit2015")),
+        "dev/mrpc_train": labelled(read_pairs(data / "mrpc" / "msr_paraphrase_train.txt", "mrpc")),
+        "dev/stsb": [{"text1": p.text1, "text2": p.text2, "score": p.score} for p in read_sts(data / "stsb" / "sts-dev.csv")],
     }
+
+
+def labelled(pairs: list[Pair]) -> list[dict]:
+    return [{"text1": p.text1, "text2": p.text2, "label": p.label} for p in pairs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "data")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dev").mkdir(parents=True, exist_ok=True)
     manifest = {}
     for name, rows in build(args.data).items():
         md5 = write_jsonl(args.out / f"{name}.jsonl", rows)

@@ -274,3 +274,42 @@ def test_dev_every_keeps_the_best_adapter(tmp_path, tiny_llama):
     assert sts_score(read_sts(dev), enc) == pytest.approx(best_score, abs=0.02)
     with pytest.raises(ConfigError, match="--dev-every"):
         train(tiny_cfg(tmp_path, tiny_llama, dev_every=2, output=str(tmp_path / "o2")))
+
+
+def write_device_data(root: Path) -> Path:
+    """The layout scripts/prepare_data.py writes, with tiny made-up rows."""
+    (root / "dev").mkdir(parents=True)
+    for name in ("nli", "twitter_url", "twitter_url_strict"):
+        write_triples(root / f"{name}.jsonl")
+    write_dev(root / "dev" / "stsb.jsonl")
+    for i, name in enumerate(("twitter_url_calibration", "pit2015", "mrpc_train")):
+        rows = [{"text1": SENTENCES[j], "text2": SENTENCES[(j * (i + 2) + 1) % 12], "label": int(j % 3 == 0)}
+                for j in range(12)]
+        (root / "dev" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_device_train_dry_run_writes_rows_and_a_loadable_adapter(tmp_path):
+    import subprocess
+    import sys
+
+    from bellm_search.encoder import Encoder
+    from bellm_search.eval.datasets import read_sts
+    from bellm_search.cli.train import sts_score
+
+    data, out = write_device_data(tmp_path / "data"), tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "scripts" / "device_train.py"), "--dry-run", "--data", str(data),
+                          "--out", str(out), "--work", str(tmp_path / "work"), "--minutes", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert {"ref", "top16", "mined"} <= rows.keys() and any(n.startswith("final") for n in rows)
+    assert all(rows[n]["steps_done"] == 3 and "sts" in rows[n]["metrics"] for n in ("ref", "top16", "mined"))
+    assert rows["ref"]["mining"]["mined"] > 0 and "| top16 |" in (out / "results.md").read_text()
+    final = next(r for n, r in rows.items() if n.startswith("final"))
+    adapter = out / "adapter"
+    meta = json.loads((adapter / "bellm_adapter.json").read_text())
+    assert meta["base_model"] == str(tmp_path / "work" / "tiny-llama") and meta["training"]["dev_metrics"] == final["metrics"]
+    enc = Encoder(model=meta["base_model"], adapter=str(adapter), device="cpu", dtype="float32")
+    assert sts_score(read_sts(data / "dev" / "stsb.jsonl"), enc) == pytest.approx(final["metrics"]["sts"], abs=0.02)
