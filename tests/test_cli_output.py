@@ -185,3 +185,22 @@ def test_default_adapter_commands_print_no_warning_and_at_most_one_bar(tmp_path)
         assert not [line for line in lines if re.search(r"warn|deprecat|INFO", line, re.IGNORECASE)], err
         assert sum(bool(BAR.search(line)) for line in lines) <= 1, err
     assert "guitar" in out
+
+
+def test_keep_by_a_field_no_duplicate_has_says_so_once(tiny_llama, tmp_path):
+    rows = [{"id": "a", "text": "same words"}, {"id": "b", "text": "same words"},
+            {"id": "c", "text": "other words"}, {"id": "d", "text": "other words"}]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    base = [sys.executable, "-m", "bellm_search.cli.main"]
+    args = ["dedup", str(corpus), "--model", str(tiny_llama), "--adapter", "none", "--score", "cosine",
+            "--threshold", "0.999", "--keep", "field:likes"]
+    res = subprocess.run(base + args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("no duplicate has a field 'likes'") == 1
+    res = subprocess.run(base + ["-q"] + args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0 and "likes" not in res.stderr
+    rows[1]["likes"] = 3
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    res = subprocess.run(base + args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0 and "likes" not in res.stderr

@@ -5,6 +5,7 @@ keep / remove lists, or every candidate pair with its features and probability),
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from bellm_search.dedup.graph import all_cluster_scores, clusters_from_pairs, we
 from bellm_search.dedup.keep import choose_keep, parse_keep
 from bellm_search.errors import BellmError
 
+log = logging.getLogger(__name__)
 Emit = Literal["clusters", "keep", "remove", "pairs"]
 EMITS = ("clusters", "keep", "remove", "pairs")
 
@@ -110,7 +112,15 @@ def find_clusters(coll: Any, threshold: Decision | float | None = None, k: int =
     weakest = weakest_links(members, pi, pj, ps) if members else np.zeros(0, dtype=np.int64)
     docs = _doc_getter(coll)
     kept = [choose_keep(m, keep, docs) for m in members]
+    _say_if_field_missing(keep, members, docs)
     return Clusters(members, kept, mx, mn, weakest, (pi, pj, ps), cand), live, ej[exact]
+
+
+def _say_if_field_missing(keep: str, members: list, docs: Any) -> None:
+    """``--keep field:NAME`` where no cluster member has NAME keeps the first of each: say so once."""
+    kind, field = parse_keep(keep)
+    if kind == "field" and members and all(docs(int(i)).get(field) is None for m in members for i in m):
+        log.warning("--keep field:%s: no duplicate has a field %r; kept the smallest id of each cluster", field, field)
 
 
 def _doc_getter(coll: Any) -> Any:
