@@ -1,13 +1,21 @@
-"""Seconds per training step and peak RSS of the training schemes, on the same steps.
+"""Seconds per training step of the training schemes on the same rows, side by side, with a profile.
 
 Each scheme runs in its own process (peak RSS is per process) for --steps optimizer steps of
---batch-size NLI triples (the same rows for every scheme); the first step is reported apart
-(warm-up). Schemes:
-  plain            LoRA on all 30 layers, full forward each step, bf16 autocast, padded to the longest
-  plain-fp32-pad   as plain, float32 weights, every text padded to max_length (like the probe)
-  cached           LoRA on the top 8 layers, the lower 22 layers' states read from the cache
+--batch-size rows of runs/data/nli.jsonl (scripts/prepare_data.py): the rows of the first --steps
+micro-batches (seed 42) are written to one bench file, so every scheme sees the same rows in the
+same order. The lower-layer cache of those texts is built once (first scheme) and shared. The
+first step is reported apart (warm-up); s/step is the mean of the others. With --profile, one
+more step runs under torch.profiler and its top operators go to runs/bench_train/profile-<scheme>.txt.
 
-    python scripts/bench_train.py [--steps 4] [--schemes plain,cached]
+Schemes (all k = 8, last-token pooling, bf16 autocast where the CPU has bf16):
+  today      LoRA on the top 16 layers, lower layers cached, a step's distinct texts in one forward
+             chunk padded to the longest text (the scheme that trained the shipped adapter)
+  bucketed   the same, the texts in length buckets (pad_slack 1.3: a bucket holds texts at least
+             longest / 1.3 tokens long), each padded to its own longest text (the default now)
+  slack2     buckets with pad_slack 2.0
+  plain      LoRA on all 30 layers, no cache, bucketed
+
+    flock /tmp/heavy.lock python scripts/bench_train.py [--steps 4] [--schemes today,bucketed] [--profile]
 """
 from __future__ import annotations
 
@@ -19,58 +27,108 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-DEV = ROOT.parent / "shared" / "data" / "stsb" / "sts-dev.csv"
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "runs" / "bench_train"
+SCHEMES = {
+    "today": dict(train_layers=16, pad_slack=1e9),
+    "bucketed": dict(train_layers=16, pad_slack=1.3),
+    "slack2": dict(train_layers=16, pad_slack=2.0),
+    "plain": dict(train_layers=None, pad_slack=1.3),
+}
 
 
-def run_scheme(scheme: str, steps: int, batch_size: int) -> dict:
+def bench_rows(steps: int, batch_size: int, src: Path) -> Path:
+    """The rows of the first ``steps`` micro-batches of ``src`` (seed 42), in order, as a file."""
+    from bellm_search.training.data import micro_batch
+
+    lines = src.read_text(encoding="utf-8").splitlines()
+    picked = [lines[i] for m in range(steps) for i in micro_batch(len(lines), batch_size, 42, m)]
+    path = OUT / f"rows-{steps}x{batch_size}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(picked) + "\n", encoding="utf-8")
+    return path
+
+
+def padded_tokens(run, steps: int) -> tuple[float, float]:
+    """(real, padded) tokens per step that the scheme's chunking feeds the trained layers."""
+    from bellm_search.training.data import micro_batch, plan_chunks
+
+    real = padded = 0
+    d = run.data
+    for step in range(steps):
+        rows = micro_batch(len(d), run.cfg.batch_size, run.cfg.seed, step)
+        uniq = np.unique(np.concatenate([d.anchor[rows], d.positive[rows], d.negative[rows][d.negative[rows] >= 0]]))
+        lengths = np.array([len(run.ids[t]) for t in uniq])
+        real += lengths.sum()
+        padded += sum(len(c) * lengths[c].max() for c in plan_chunks(lengths, run.cfg.max_batch_tokens, run.cfg.pad_slack))
+    return real / steps, padded / steps
+
+
+def profile_step(run, opt, sched, step: int, path: Path) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from bellm_search.training.loop import one_step
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        one_step(run, opt, sched, step)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=48)
+    path.write_text(table + "\n", encoding="utf-8")
+
+
+def run_scheme(scheme: str, data: Path, steps: int, batch_size: int, threads: int, prof: bool) -> dict:
     import torch
 
-    from bellm_search.encoder import train as T
+    from bellm_search.training.loop import TrainConfig, make_optimizer, one_step, prepare_run
 
-    torch.set_num_threads(1)  # the machine is shared: one thread per process wastes least
-    kw = dict(data=str(ROOT / "runs" / "nli_triples.jsonl"), output="/tmp/unused", bidirectional_layers=4,
-              batch_size=batch_size, max_steps=steps, dev=str(DEV))  # dev: the same cache key as training
-    if scheme.startswith("plain"):
-        kw["train_layers"] = None
-    if scheme == "plain-fp32-pad":
-        kw["dtype"] = "float32"
-        width = T.TrainConfig(**kw).max_length
-        orig = T.pad_batch
-        def pad_to_max_length(ids, pad_id, side):  # the probe's padding: every batch to max_length
-            input_ids, mask = orig(ids + [[pad_id] * width], pad_id, side)
-            return input_ids[:-1], mask[:-1]
-
-        T.pad_batch = pad_to_max_length
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(data=str(data), output="/tmp/unused", bidirectional_layers=8, batch_size=batch_size,
+                      max_steps=steps + 1, show_progress=False, **SCHEMES[scheme])
     t0 = time.time()
-    run = T.prepare_run(T.TrainConfig(**kw))
+    run = prepare_run(cfg)
     prep = time.time() - t0
-    opt, sched = T.make_optimizer(run, steps)
+    opt, sched = make_optimizer(run, steps + 1)
     times = []
     for step in range(steps):
         t = time.time()
-        T.one_step(run, opt, sched, step)
+        one_step(run, opt, sched, step)
         times.append(time.time() - t)
+    if prof:
+        profile_step(run, opt, sched, steps, OUT / f"profile-{scheme}.txt")
+    real, padded = padded_tokens(run, steps)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"scheme": scheme, "prepare_s": round(prep, 1), "first_step_s": round(times[0], 2),
-            "s_per_step": round(sum(times[1:]) / max(1, len(times) - 1), 2), "peak_rss_mb": round(rss)}
+            "s_per_step": round(sum(times[1:]) / max(1, len(times) - 1), 2), "steps": steps,
+            "real_tokens_per_step": round(real), "padded_tokens_per_step": round(padded),
+            "peak_rss_mb": round(rss), "threads": threads}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--schemes", default="plain,plain-fp32-pad,cached")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--schemes", default="today,bucketed")
+    ap.add_argument("--data", type=Path, default=ROOT / "runs" / "data" / "nli.jsonl")
+    ap.add_argument("--profile", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--rows-file", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_scheme(args.one, args.steps, args.batch_size)), flush=True)
+        print(json.dumps(run_scheme(args.one, args.rows_file, args.steps, args.batch_size, args.threads, args.profile)))
         return 0
+    rows = bench_rows(args.steps, args.batch_size, args.data)
     for scheme in args.schemes.split(","):
-        out = subprocess.run([sys.executable, __file__, "--one", scheme, "--steps", str(args.steps),
-                              "--batch-size", str(args.batch_size)], capture_output=True, text=True)
-        print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"{scheme}: failed\n{out.stderr[-2000:]}",
-              flush=True)
+        cmd = [sys.executable, __file__, "--one", scheme, "--rows-file", str(rows), "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--threads", str(args.threads)] + (["--profile"] if args.profile else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else None
+        print(line or f"{scheme}: failed\n{out.stderr[-2000:]}", flush=True)
+        if line:
+            with (OUT / "results.jsonl").open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({**json.loads(line), "load_before": open("/proc/loadavg").read().split()[0]}) + "\n")
     return 0
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger("device_train")
 DEV_PAIRS = ("dev/twitter_url_calibration.jsonl", "dev/pit2015.jsonl", "dev/mrpc_train.jsonl")
 DEV_STS = "dev/stsb.jsonl"
 DATA_FILES = {"nli": "nli.jsonl", "tw": "twitter_url.jsonl", "tw_strict": "twitter_url_strict.jsonl"}
+SLACKS = (1e9, 2.0)  # one padded chunk per step, or length buckets: probed on the GPU
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "bellm_adapter.json")
 
 
@@ -188,6 +189,7 @@ class Ctx:
     dev: Any  # training.loop.DevScorer
     clock: Clock
     results: "Results"
+    slack: float = 1.3  # pad_slack of every row (probe_speed picks the faster on a GPU)
     mined: Path | None = None
     probe: dict[str, float] = field(default_factory=dict)
 
@@ -216,7 +218,7 @@ def row_config(ctx: Ctx, row: Row, steps: int, output: Path, dev_every: int | No
                        train_layers=train_layers, cache_lower=False, batch_size=batch, max_steps=steps,
                        lr=ctx.args.lr, seed=row.seed, dev=",".join([DEV_STS, *DEV_PAIRS]), dev_every=dev_every,
                        device=ctx.device, dtype=ctx.dtype, max_batch_tokens=32768 if gpu else 4096,
-                       pad_slack=2.0 if gpu else 1.3, show_progress=False, checkpoint_every=10**9)
+                       pad_slack=ctx.slack, show_progress=False, checkpoint_every=10**9)
 
 
 def sync(ctx: Ctx) -> None:
@@ -347,19 +349,24 @@ class Results:
 
 # ----------------------------------------------------------------------------- probe, baseline, final
 def probe_speed(ctx: Ctx) -> dict[str, float]:
-    """Seconds per step of the reference row (after 2 warm-up steps) and the per-row overhead
-    (set-up + one dev scoring); the model is thrown away."""
+    """Seconds per step of the reference row for each candidate pad_slack (2 warm-up steps, then
+    timed ones; the faster slack is kept for every row: the slack changes how a step is cut into
+    forward chunks, not what it computes), and the per-row overhead (set-up + one dev scoring)."""
     from bellm_search.training.loop import prepare_run
 
     t0 = time.time()
     run = prepare_run(row_config(ctx, GRID[0], 1000, ctx.args.work / "rows" / "probe"), ctx.dev)
     prep = time.time() - t0
-    stats = train_steps(ctx, run, 8 if not ctx.args.dry_run else 3, time.time() + 60)
+    speeds = {}
+    for slack in SLACKS if ctx.device.startswith("cuda") else (ctx.slack,):
+        run.cfg.pad_slack = slack
+        speeds[slack] = train_steps(ctx, run, 3 if ctx.args.dry_run else 8, time.time() + 60)["s_per_step"]
+    ctx.slack = min(speeds, key=speeds.get)
     t1 = time.time()
     run.dev_metrics()
-    probe = {"s_per_step": stats["s_per_step"], "prepare_s": prep, "eval_s": time.time() - t1}
+    probe = {"s_per_step": speeds[ctx.slack], "prepare_s": prep, "eval_s": time.time() - t1, "pad_slack": ctx.slack}
     free(run)
-    log.info("probe: %s", {k: round(v, 3) for k, v in probe.items()})
+    log.info("probe: %s (s/step by pad_slack: %s)", {k: round(v, 3) for k, v in probe.items()}, speeds)
     return probe
 
 

@@ -313,3 +313,30 @@ def test_device_train_dry_run_writes_rows_and_a_loadable_adapter(tmp_path):
     assert meta["base_model"] == str(tmp_path / "work" / "tiny-llama") and meta["training"]["dev_metrics"] == final["metrics"]
     enc = Encoder(model=meta["base_model"], adapter=str(adapter), device="cpu", dtype="float32")
     assert sts_score(read_sts(data / "dev" / "stsb.jsonl"), enc) == pytest.approx(final["metrics"]["sts"], abs=0.02)
+
+
+def test_plan_chunks_buckets_by_length():
+    lengths = np.array([10, 30, 12, 29, 11, 100])
+    sets = lambda chunks: [sorted(lengths[c].tolist()) for c in chunks]  # noqa: E731
+    assert sets(plan_chunks(lengths, 10_000, 1.3)) == [[100], [29, 30], [10, 11, 12]]
+    assert sets(plan_chunks(lengths, 10_000, 1e9)) == [[10, 11, 12, 29, 30, 100]]
+    assert sets(plan_chunks(lengths, 90, 1e9)) == [[100], [12, 29, 30], [10, 11]]  # rows x longest <= 90
+    assert sorted(np.concatenate(plan_chunks(lengths, 50, 1.0)).tolist()) == list(range(6))
+
+
+@pytest.mark.parametrize("train_layers", [3, None])
+def test_bucketed_embeddings_equal_one_batch_in_input_order(tmp_path, tiny_llama, train_layers):
+    from bellm_search.training.loop import prepare_run
+
+    run = prepare_run(tiny_cfg(tmp_path, tiny_llama, train_layers=train_layers, pad_slack=1.0, lora_dropout=0.0))
+    randomise_lora(run.model)
+    run.model.eval()
+    texts = np.arange(len(run.data.texts))
+    with torch.no_grad():
+        bucketed = run.embed(texts)
+        if run.cache is not None:  # reference: one batch in input order, no chunking
+            reference = top_forward(run.base, run.start, [run.cache[t] for t in texts], "last")
+        else:
+            reference = full_forward(run.base, [run.ids[t] for t in texts], run.pad_id, "last")
+    assert len(plan_chunks(np.array([len(run.ids[t]) for t in texts]), run.cfg.max_batch_tokens, 1.0)) > 3
+    assert torch.allclose(bucketed, reference, atol=1e-5), (bucketed - reference).abs().max()
