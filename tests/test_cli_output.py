@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bellm_search.cli.main import main
+from test_cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
