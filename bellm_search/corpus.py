@@ -217,5 +217,5 @@ def read_texts(path: str, options: CorpusOptions, stats: ReadStats | None = None
 
 
 # record key of a re-keyed (promoted) document: the int id it arrived with, i.e. its place in
-# arrival order, which its new int id no longer gives (see store.Writer.promote_duplicates)
+# arrival order, which its new int id no longer gives (see collection.copies.promote_first_copies)
 SEEN = "_seen"

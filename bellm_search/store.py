@@ -40,7 +40,6 @@ import lmdb
 import numpy as np
 
 from bellm_search._sync import ReadWriteLock
-from bellm_search.corpus import SEEN
 from bellm_search.errors import CollectionError
 
 log = logging.getLogger(__name__)
@@ -243,7 +242,7 @@ class Store(_Env):
     ``create``: make the environment when it does not exist (only a new collection does; opening
     one whose store is gone is refused rather than starting an empty one)."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = True, dim: int | None = None,
+    def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = False, dim: int | None = None,
                  map_size: int = 1 << 30) -> None:
         if dim is not None and (not isinstance(dim, int) or dim <= 0):
             raise CollectionError(f"dim must be a positive integer, got {dim!r}")
@@ -612,43 +611,24 @@ class Writer:
         self._delta["n_vectors"] -= has_vec
         return True
 
-    def promote_duplicates(self, firsts: list[int]) -> list[tuple[int, int]]:
-        """The documents ``firsts`` were deleted in this batch: each hands its vector to its
-        earliest live exact duplicate, which is re-added under a new int id (with its own text
-        hash, else the first copy's), and its other duplicates are linked to that id.
-        Returns (old id, new id) of each promoted copy."""
+    def is_live(self, int_id: int) -> bool:
+        """Whether a document is stored (or added in this batch) and not deleted (nor in this batch)."""
         self._check_open()
-        s = self._store
-        gone = set(firsts)
-        dups: dict[int, list[tuple[int, float]]] = {}
-        for d, f, sc in zip(*s.dup_links()):
-            if int(f) in gone and int(d) not in self._deleted:
-                dups.setdefault(int(f), []).append((int(d), float(sc)))
-        promoted = []
-        for first, mine in dups.items():
-            exact = [d for d, sc in mine if sc >= 1.0]
-            record = s.get_doc(min(exact)) if exact else None
-            if record is None:
-                continue
-            old = min(exact)
-            h = s.text_hash(old) or s.text_hash(first)
-            with s._txn() as txn:  # None in a store not migrated yet: the next writable open fills it
-                shingles = txn.get(id_key(old), db=s._dbs["shingles"])
-            source_id = record.pop("id")
-            record.pop("dup_of", None)
-            record.pop("dup_score", None)
-            record[SEEN] = int(record.get(SEEN, old))  # its arrival order, for --keep first
-            vector = s.get_vectors([first])[0]
-            self.delete(old)
-            new = self.add_doc(source_id, record, text_hash=h, vector=vector, shingles=shingles, replaces=old)
-            for d, sc in mine:
-                doc = s.get_doc(d) if d != old else None
-                if doc is not None:
-                    doc["dup_of"] = new
-                    self._put("docs", id_key(d), dumps(doc))
-                    self._put("dupof", id_key(d), DUPOF.pack(new, sc))
-            promoted.append((old, new))
-        return promoted
+        return self._doc_info(int(int_id)) is not None
+
+    def put_record(self, int_id: int, record: dict) -> None:
+        """Replace the record of a live document (its source id stays: ``record["id"]`` must keep it)."""
+        self._check_open()
+        if not self.is_live(int_id):
+            raise CollectionError(f"no live document {int_id} to update")
+        self._put("docs", id_key(int_id), dumps(record))
+
+    def link(self, int_id: int, first: int, score: float) -> None:
+        """Record a live document as a duplicate of ``first`` (see ``Store.dup_links``)."""
+        self._check_open()
+        if not self.is_live(int_id):
+            raise CollectionError(f"no live document {int_id} to link")
+        self._put("dupof", id_key(int_id), DUPOF.pack(int(first), float(score)))
 
     def _doc_info(self, int_id: int) -> tuple[bool, bytes | None] | None:
         """(has vector, text hash) of a live document, pending adds included; None otherwise."""

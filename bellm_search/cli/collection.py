@@ -67,10 +67,13 @@ def ingest(
     for problem in read.problems:
         note(f"skipped {problem}")
     rate = (stats.added + stats.exact_duplicates + stats.near_duplicates) / max(stats.seconds, 1e-9)
+    more = [(stats.deleted_earlier, "deleted earlier"), (stats.repeated_ids, "repeated ids with another text"),
+            (read.blank, "blank lines")]
     note(f"{path}: added {stats.added}, skipped (known id) {stats.skipped_known}, exact duplicates "
-         f"{stats.exact_duplicates}, near duplicates {stats.near_duplicates}, invalid lines {stats.invalid} "
-         f"in {stats.seconds:.1f}s ({rate:.0f} docs/s); {total} documents")
-    emit({**stats.to_dict(), "collection": str(path), "documents": total}, as_json)
+         f"{stats.exact_duplicates}, near duplicates {stats.near_duplicates}, invalid lines {stats.invalid}"
+         + "".join(f", {name} {n}" for n, name in more if n)
+         + f" in {stats.seconds:.1f}s ({rate:.0f} docs/s); {total} documents")
+    emit({**stats.to_dict(), "blank_lines": read.blank, "collection": str(path), "documents": total}, as_json)
 
 
 def _ingest_distributed(path, corpora, from_embeddings, engine, opts, text_field, id_field, skip_invalid,
@@ -110,6 +113,7 @@ def query(
     where: Annotated[Optional[list[str]], typer.Option("--where", help="Metadata filter FIELD=VALUE (repeatable).")] = None,
     collection: CollectionOpt = None,
     device: DeviceOpt = None,
+    list_copies: Annotated[bool, typer.Option("--list-copies", help="List each exact copy of a hit (same text) as a result of its own; by default they are collapsed under the first ('+N copies').")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Search a collection: the k nearest documents to each query."""
@@ -121,7 +125,7 @@ def query(
     texts = [text] if text is not None else _read_queries(file)
     opts = {"device": device} if device else {}
     with open_collection(collection, readonly=True, **opts) as coll:
-        results = coll.query(texts, k=k, nprobe=nprobe, where=parse_where(where or []))
+        results = coll.query(texts, k=k, nprobe=nprobe, where=parse_where(where or []), list_copies=list_copies)
     for qi, (qtext, hits) in enumerate(zip(texts, results)):
         if as_json:
             for rank, hit in enumerate(hits, start=1):
@@ -131,7 +135,8 @@ def query(
             typer.echo(f"# {qtext}")
         for rank, hit in enumerate(hits, start=1):
             snippet = hit.text.replace("\n", " ")
-            typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.id:<16}  {snippet[:100]}")
+            copies = f"  (+{hit.copies} copies)" if hit.copies else ""
+            typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.id:<16}  {snippet[:100]}{copies}")
 
 
 def delete(

@@ -9,23 +9,32 @@ back from the store (fp16), so it equals an index rebuilt from the store. Functi
 """
 from __future__ import annotations
 
+import logging
 import time
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from bellm_search.collection.copies import promote_first_copies, shingle_bytes
 from bellm_search.collection.lock import writer_lock
-from bellm_search.corpus import Record
-from bellm_search.errors import CollectionError
+from bellm_search.corpus import Record, document_problem
+from bellm_search.errors import CollectionError, CorpusError
 from bellm_search.pairs.normalize import text_hash
+
+log = logging.getLogger(__name__)
+NAMED = 10  # repeated ids named one by one; the rest only counted
 
 
 @dataclass
 class IngestStats:
     added: int = 0
     skipped_known: int = 0
+    deleted_earlier: int = 0  # ids deleted before: they stay deleted
+    repeated_ids: int = 0  # ids repeated in this run with another text: the first kept
     exact_duplicates: int = 0
     near_duplicates: int = 0
     invalid: int = 0
@@ -36,25 +45,64 @@ class IngestStats:
 
 
 def to_record(item: Record | dict[str, Any], line: int) -> Record:
-    """API callers pass dicts {"id", "text", ...}; the corpus reader passes Records."""
+    """API callers pass dicts {"id", "text", ...}; the corpus reader passes Records. Either must
+    be a valid document (``corpus.document_problem``: the one rule of the CLI and the server)."""
     if isinstance(item, Record):
-        return item
-    data = dict(item)
-    if not isinstance(data.get("text"), str):
-        raise CollectionError(f"record {line}: 'text' must be a string")
-    source_id = str(data.pop("id", line))
-    return Record(source_id, data.pop("text"), data, "<api>", line)
+        rec = item
+    else:
+        data = dict(item)
+        if not isinstance(data.get("text"), str):
+            raise CollectionError(f"record {line}: 'text' must be a string")
+        rec = Record(str(data.pop("id", line)), data.pop("text"), data, "<api>", line)
+    problem = document_problem(rec.id, rec.text)
+    if problem:
+        raise CorpusError(rec.path, rec.line, problem)
+    return rec
 
 
 def chunks(records: Iterable[Record | dict[str, Any]], size: int) -> Iterator[list[Record]]:
+    """Lists of ``size`` records. On an invalid record the records before it come first (they are
+    stored), then the error."""
     chunk: list[Record] = []
-    for n, item in enumerate(records, start=1):
-        chunk.append(to_record(item, n))
-        if len(chunk) >= size:
+    try:
+        for n, item in enumerate(records, start=1):
+            chunk.append(to_record(item, n))
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    except CorpusError:
+        if chunk:
             yield chunk
-            chunk = []
+        raise
     if chunk:
         yield chunk
+
+
+class Origins:
+    """Where each document this run adds came from, 4 bytes a document (int ids are consecutive
+    from ``start``), so a repeated id can name the line it repeats; and the ids deleted before."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.start = store.next_id()
+        self.lines = array("l")
+        self.files: list[int] = []  # first int id of each file's run of documents
+        self.paths: list[str] = []
+        self.deleted = set(store.deleted_ids().tolist())
+
+    def add(self, w: Any, rec: Record, doc: dict[str, Any], **kwargs: Any) -> int:
+        int_id = w.add_doc(rec.id, doc, shingles=shingle_bytes(doc), **kwargs)
+        if not self.paths or self.paths[-1] != rec.path:
+            self.files.append(int_id)
+            self.paths.append(rec.path)
+        self.lines.append(rec.line)
+        return int_id
+
+    def where(self, int_id: int, path: str) -> str:
+        """``line K`` (same file as ``path``) or ``FILE:K`` of a document added by this run."""
+        other = self.paths[bisect_right(self.files, int_id) - 1]
+        line = self.lines[int_id - self.start]
+        return f"line {line}" if other == path else f"{other}:{line}"
 
 
 def ingest(coll: Any, records: Iterable[Record | dict[str, Any]], *, chunk_size: int = 2048,
@@ -63,28 +111,41 @@ def ingest(coll: Any, records: Iterable[Record | dict[str, Any]], *, chunk_size:
     """See ``Collection.ingest``."""
     stats, start = IngestStats(), time.perf_counter()
     state = coll.index_state
+    if isinstance(records, (list, tuple)):  # a request: all valid, or nothing stored
+        records = [to_record(item, n) for n, item in enumerate(records, start=1)]
     with writer_lock(coll.path, wait):
         state.load()
-        offset = 0
-        for chunk in chunks(records, chunk_size):
-            given = None if vectors is None else vectors[offset:offset + len(chunk)]
-            ingest_chunk(coll, chunk, stats, near, given)
-            offset += len(chunk)
-            if progress:
-                progress(len(chunk))
-            state.maybe_grow()  # during the ingest: a Flat never holds more than flat_max
+        run, offset = Origins(coll.store), 0
+        try:
+            for chunk in chunks(records, chunk_size):
+                given = None if vectors is None else vectors[offset:offset + len(chunk)]
+                ingest_chunk(coll, chunk, stats, near, given, run)
+                offset += len(chunk)
+                if progress:
+                    progress(len(chunk))
+                state.maybe_grow()  # during the ingest: a Flat never holds more than flat_max
+        except CorpusError as err:
+            state.save()
+            raise CorpusError(err.path, err.line, f"{err.problem}; the {offset} records before this line are stored "
+                              f"({stored(stats)} new): fix it (or skip invalid lines) and re-run the same "
+                              "command, the records stored already are skipped") from None
         state.maybe_grow()  # (an ingest of nothing new still grows a collection that has outgrown Flat)
         state.save()
     stats.seconds = time.perf_counter() - start
     return stats
 
 
+def stored(stats: IngestStats) -> int:
+    return stats.added + stats.exact_duplicates + stats.near_duplicates
+
+
 def ingest_chunk(coll: Any, chunk: list[Record], stats: IngestStats, near: float | None,
-                 given: np.ndarray | None = None) -> None:
+                 given: np.ndarray | None = None, run: Origins | None = None) -> None:
     """One transaction: the chunk's new records, vectors and duplicate links; then the index."""
     store = coll.store
+    run = run or Origins(store)
     with store.writer() as w:
-        fresh, followers = plan_chunk(w, chunk, stats, coll.social)
+        fresh, followers = plan_chunk(w, chunk, stats, coll.social, run)
         vecs = vectors_for(coll, fresh, chunk, given)
         dup_of = near_duplicates(coll, vecs, near) if near is not None else {}
         first_of_row: dict[int, int] = {}  # row -> int id its exact copies point to
@@ -93,14 +154,14 @@ def ingest_chunk(coll: Any, chunk: list[Record], stats: IngestStats, near: float
             if row in dup_of:
                 target, score = dup_of[row]
                 target = target if target >= 0 else first_of_row[-target - 1]
-                w.add_doc(rec.id, _doc(rec, dup_of=target, score=score), text_hash=h, dup_of=(target, score))
+                run.add(w, rec, _doc(rec, dup_of=target, score=score), text_hash=h, dup_of=(target, score))
                 first_of_row[row] = target
                 stats.near_duplicates += 1
             else:
-                first_of_row[row] = w.add_doc(rec.id, _doc(rec), text_hash=h, vector=vecs[row])
+                first_of_row[row] = run.add(w, rec, _doc(rec), text_hash=h, vector=vecs[row])
                 added_ids.append(first_of_row[row])
         for rec, row in followers:  # exact copies of a record first seen in this chunk
-            w.add_doc(rec.id, _doc(rec, dup_of=first_of_row[row], score=1.0), dup_of=(first_of_row[row], 1.0))
+            run.add(w, rec, _doc(rec, dup_of=first_of_row[row], score=1.0), dup_of=(first_of_row[row], 1.0))
             stats.exact_duplicates += 1
     stats.added += len(added_ids)
     if added_ids:  # after the commit, exactly the stored (fp16) vectors: as any rebuild would add them
@@ -122,29 +183,56 @@ def vectors_for(coll: Any, fresh: list[tuple[Record, bytes]], chunk: list[Record
     return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
 
 
-def plan_chunk(w: Any, chunk: list[Record], stats: IngestStats, social: bool) -> tuple[list, list]:
+def plan_chunk(w: Any, chunk: list[Record], stats: IngestStats, social: bool,
+               run: Origins) -> tuple[list, list]:
     """Record skips and exact duplicates of stored docs; return (to encode, in-chunk copies)."""
     fresh: list[tuple[Record, bytes]] = []
     followers: list[tuple[Record, int]] = []  # (record, row in fresh it copies)
     row_of_hash: dict[bytes, int] = {}
-    seen: set[str] = set()
+    seen: dict[str, Record] = {}
     for rec in chunk:
-        if rec.id in seen or w.lookup_key(rec.id) is not None:
-            stats.skipped_known += 1
+        if taken(w, rec, seen.get(rec.id), stats, run):
             continue
-        seen.add(rec.id)
+        seen[rec.id] = rec
         h = text_hash(rec.text, social=social)
         if h in row_of_hash:
             followers.append((rec, row_of_hash[h]))
             continue
         first = w.lookup_hash(h)
         if first is not None:
-            w.add_doc(rec.id, _doc(rec, dup_of=first, score=1.0), dup_of=(first, 1.0))
+            run.add(w, rec, _doc(rec, dup_of=first, score=1.0), dup_of=(first, 1.0))
             stats.exact_duplicates += 1
             continue
         row_of_hash[h] = len(fresh)
         fresh.append((rec, h))
     return fresh, followers
+
+
+def taken(w: Any, rec: Record, in_chunk: Record | None, stats: IngestStats, run: Origins) -> bool:
+    """Whether the record's id is in the collection already; counted as known, deleted earlier, or
+    (named) repeated in this run with another text."""
+    if in_chunk is not None:
+        first = in_chunk.text
+        where = f"line {in_chunk.line}" if in_chunk.path == rec.path else f"{in_chunk.path}:{in_chunk.line}"
+    else:
+        int_id = w.lookup_key(rec.id)
+        if int_id is None:
+            return False
+        if int_id in run.deleted:
+            stats.deleted_earlier += 1
+            return True
+        if int_id < run.start:
+            stats.skipped_known += 1
+            return True
+        first, where = (run.store.get_doc(int_id) or {}).get("text"), run.where(int_id, rec.path)
+    if first == rec.text:
+        stats.skipped_known += 1
+        return True
+    stats.repeated_ids += 1
+    if stats.repeated_ids <= NAMED:
+        log.warning("%s:%d repeats id %r of %s with a different text: kept the first%s", rec.path, rec.line,
+                    rec.id, where, "" if stats.repeated_ids < NAMED else " (further repeats only counted)")
+    return True
 
 
 def near_duplicates(coll: Any, vecs: np.ndarray, threshold: float) -> dict[int, tuple[int, float]]:
@@ -184,7 +272,7 @@ def delete(coll: Any, source_ids: Iterable[str], wait: bool = True) -> tuple[int
                 targets.append(int_id)
             # a deleted first copy hands its vector to its earliest exact copy (re-added under a
             # new int id, so a crash before the index save is caught up like any add)
-            promoted = w.promote_duplicates(targets) if targets else []
+            promoted = promote_first_copies(w, coll.store, targets) if targets else []
         if targets:
             index.remove(np.asarray(targets, dtype=np.int64))
         if promoted:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from bellm_search.collection.copies import with_copies
 from bellm_search.errors import CollectionError
 
 
@@ -18,6 +19,7 @@ class Hit:
     score: float
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    copies: int = 0  # exact copies (same text) that also match, collapsed under this one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,28 +60,35 @@ def search_vectors(index: Any, store: Any, rerank_factor: int, xq: np.ndarray, k
 
 
 def query_vectors(index: Any, store: Any, rerank_factor: int, xq: np.ndarray, k: int, nprobe: int | None,
-                  where: dict[str, str] | None) -> list[list[Hit]]:
-    """The k best live hits per query row; with a filter, fetch more until k match (or all seen)."""
+                  where: dict[str, str] | None, list_copies: bool = False) -> list[list[Hit]]:
+    """The k best live hits per query row; with a filter, fetch more until k match (or all seen).
+    ``list_copies``: each matching exact copy is a hit of its own (else counted in ``copies``)."""
     if k < 1:
         raise CollectionError("k must be >= 1")
     total = max(index.ntotal, 1)
     fetch = k if not where else min(total, k * 10)
     while True:
         D, I = search_vectors(index, store, rerank_factor, np.asarray(xq, np.float32), fetch, nprobe)
-        results = [hits(store, D[i], I[i], k, where) for i in range(len(I))]
+        results = [hits(store, D[i], I[i], k, where, list_copies) for i in range(len(I))]
         if all(len(r) >= k for r in results) or fetch >= total:
             return results
         fetch = min(total, fetch * 4)
 
 
-def hits(store: Any, scores: np.ndarray, ids: np.ndarray, k: int, where: dict[str, str] | None) -> list[Hit]:
+def hits(store: Any, scores: np.ndarray, ids: np.ndarray, k: int, where: dict[str, str] | None,
+         list_copies: bool = False) -> list[Hit]:
+    """Each index hit stands for its document and that document's exact copies (stored without a
+    vector): each is filtered by its own metadata; the first that matches is the hit."""
     live = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0]
-    docs = store.get_docs([i for i, _ in live])
-    out = []
-    for (_, score), doc in zip(live, docs):
-        if doc is None or (where and not matches(doc.get("meta", {}), where)):
+    out: list[Hit] = []
+    for (_, score), group in zip(live, with_copies(store, [i for i, _ in live])):
+        found = [doc for _, doc in group if not where or matches(doc.get("meta", {}), where)]
+        if not found:
             continue  # deleted, or filtered out
-        out.append(Hit(doc["id"], score, doc["text"], doc.get("meta", {})))
-        if len(out) == k:
+        shown = found if list_copies else found[:1]
+        out.extend(Hit(d["id"], score, d["text"], d.get("meta", {})) for d in shown)
+        if not list_copies:
+            out[-1].copies = len(found) - 1
+        if len(out) >= k:
             break
-    return out
+    return out[:k]
