@@ -52,9 +52,10 @@ def has_surrogate(value) -> bool:
     return False
 
 
-def expect(raw: bytes, lineno: int, fmt: str, limit: int):
+def expect(raw: bytes, lineno: int, fmt: str, limit: int, documents: bool = False):
     """What the reader must make of one line (without its "\\n"): ("ok", id, text, meta),
-    ("blank",) for a JSONL line that is no record, or ("bad",)."""
+    ("blank",) for a JSONL line that is no record, or ("bad",). ``documents``: read for ingest
+    (a blank text line is no record; an empty text or an id with a line break or NUL is bad)."""
     content = raw.rstrip(b"\r")
     if len(content) > limit or len(raw) > limit + 1:  # longer than the limit with or without its "\r"
         return ("bad",)
@@ -65,6 +66,8 @@ def expect(raw: bytes, lineno: int, fmt: str, limit: int):
     if lineno == 1 and line.startswith("\ufeff"):
         line = line[1:]
     if fmt == "txt":
+        if documents and "\x00" not in line and line.strip() == "":
+            return ("blank",)
         return ("bad",) if "\x00" in line else ("ok", str(lineno), line, {})
     if not line.strip():
         return ("blank",)
@@ -83,6 +86,8 @@ def expect(raw: bytes, lineno: int, fmt: str, limit: int):
     if sid is None:
         sid = str(lineno)
     elif isinstance(sid, bool) or not isinstance(sid, (str, int)) or str(sid) == "":
+        return ("bad",)
+    if documents and (text.strip() == "" or {"\n", "\r", "\x00"} & set(str(sid))):
         return ("bad",)
     return ("ok", str(sid), text, obj)
 
@@ -186,10 +191,10 @@ def corpora(draw) -> bytes:
 
 
 # ----------------------------------------------------------------------------- reading
-def read_both(path: str, fmt: str, data: bytes, prefix_ids: bool = False) -> None:
+def read_both(path: str, fmt: str, data: bytes, prefix_ids: bool = False, documents: bool = False) -> None:
     """Check skip mode and strict mode of one corpus against the oracle."""
     name = "<stdin>" if path == "-" else path
-    expected = [expect(raw, n, fmt, SMALL_LIMIT) for n, raw in enumerate(file_lines(data), start=1)]
+    expected = [expect(raw, n, fmt, SMALL_LIMIT, documents) for n, raw in enumerate(file_lines(data), start=1)]
     good = [(n, e) for n, e in enumerate(expected, start=1) if e[0] == "ok"]
     bad = [n for n, e in enumerate(expected, start=1) if e[0] == "bad"]
     event(f"{fmt}: {'some' if good else 'no'} valid, {'some' if bad else 'no'} invalid lines")
@@ -200,17 +205,18 @@ def read_both(path: str, fmt: str, data: bytes, prefix_ids: bool = False) -> Non
         return sid, e[2], n
 
     stats = ReadStats()
-    recs = list(read_corpus(path, CorpusOptions(skip_invalid=True, prefix_ids=prefix_ids), stats))
+    recs = list(read_corpus(path, CorpusOptions(skip_invalid=True, prefix_ids=prefix_ids, documents=documents), stats))
     assert [(r.id, r.text, r.line) for r in recs] == [as_tuple(n, e) for n, e in good]
     assert all(same_meta(r.meta, e[3]) and r.path == name for r, (_, e) in zip(recs, good))
     assert (stats.lines, stats.records, stats.invalid) == (len(expected), len(good), len(bad))
+    assert stats.blank == sum(e[0] == "blank" for e in expected)
     assert [p.split(": ", 1)[0] for p in stats.problems] == [f"{name}:{n}" for n in bad[:5]]
 
     if path == "-":
         sys.stdin.buffer.seek(0)
     got = []
     try:
-        for rec in read_corpus(path, CorpusOptions(prefix_ids=prefix_ids)):
+        for rec in read_corpus(path, CorpusOptions(prefix_ids=prefix_ids, documents=documents)):
             got.append((rec.id, rec.text, rec.line))
     except CorpusError as err:
         assert bad and err.line == bad[0] and str(err).startswith(f"{name}:{bad[0]}: "), (str(err), bad)
@@ -220,25 +226,26 @@ def read_both(path: str, fmt: str, data: bytes, prefix_ids: bool = False) -> Non
 
 
 @settings(FUZZ, max_examples=300)
-@given(data=corpora())
-def test_jsonl_lines_are_stored_skipped_or_refused_with_file_and_line(tmp_path, data):
+@given(data=corpora(), documents=st.booleans())
+def test_jsonl_lines_are_stored_skipped_or_refused_with_file_and_line(tmp_path, data, documents):
     path = tmp_path / "fuzz.jsonl"
     path.write_bytes(data)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(corpus, "MAX_LINE_BYTES", SMALL_LIMIT)
-        read_both(str(path), "jsonl", data)
+        read_both(str(path), "jsonl", data, documents=documents)
 
 
 @settings(FUZZ, max_examples=150)
-@given(data=corpora() | st.binary(max_size=400), via_stdin=st.booleans(), prefix_ids=st.booleans())
-def test_txt_and_stdin_lines_are_stored_or_refused_with_file_and_line(tmp_path, data, via_stdin, prefix_ids):
+@given(data=corpora() | st.binary(max_size=400), via_stdin=st.booleans(), prefix_ids=st.booleans(),
+       documents=st.booleans())
+def test_txt_and_stdin_lines_are_stored_or_refused_with_file_and_line(tmp_path, data, via_stdin, prefix_ids, documents):
     path = tmp_path / "fuzz.txt"
     path.write_bytes(data)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(corpus, "MAX_LINE_BYTES", SMALL_LIMIT)
         if via_stdin:
             mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
-        read_both("-" if via_stdin else str(path), "txt", data, prefix_ids)
+        read_both("-" if via_stdin else str(path), "txt", data, prefix_ids, documents)
 
 
 @pytest.mark.parametrize("opener, closer", [("[", "]"), ('{"a":', "}")])
@@ -286,15 +293,19 @@ def test_ingesting_a_fuzzed_corpus_stores_exactly_the_valid_lines(data):
         path = Path(tmp) / "fuzz.jsonl"
         path.write_bytes(data)
         expected: dict[str, tuple] = {}
+        repeats = {"same": 0, "other": 0}
         for n, raw in enumerate(file_lines(data), start=1):
-            e = expect(raw, n, "jsonl", SMALL_LIMIT)
-            if e[0] == "ok":
-                expected.setdefault(e[1], e)  # a repeated id is skipped as known
+            e = expect(raw, n, "jsonl", SMALL_LIMIT, documents=True)
+            if e[0] == "ok" and e[1] in expected:  # a repeated id: the first is kept
+                repeats["same" if expected[e[1]][2] == e[2] else "other"] += 1
+            elif e[0] == "ok":
+                expected[e[1]] = e
         read = ReadStats()
         with Collection.create(Path(tmp) / "coll", encoder=FakeEncoder()) as coll:
-            stats = coll.ingest(read_corpus(str(path), CorpusOptions(skip_invalid=True), read), chunk_size=3)
+            records = read_corpus(str(path), CorpusOptions(skip_invalid=True, documents=True), read)  # as ingest reads
+            stats = coll.ingest(records, chunk_size=3)
             assert coll.store.count() == len(expected) == stats.added + stats.exact_duplicates
-            assert stats.skipped_known == read.records - len(expected)
+            assert (stats.skipped_known, stats.repeated_ids) == (repeats["same"], repeats["other"])
             for sid, (_, _, text, meta) in expected.items():
                 doc = coll.store.get_doc(coll.store.lookup_key(sid))
                 assert doc["id"] == sid and doc["text"] == text and same_meta(doc["meta"], meta)
