@@ -221,6 +221,35 @@ class _Env:
         with self._txn() as txn:
             return self._state(txn, key, default)
 
+    def _scan(self, db: str, pos: int, stop: int | None, batch: int,
+              include_deleted: bool) -> tuple[list[int], list[bytes], int | None]:
+        """Up to ``batch`` (id, value) from ``pos`` in one txn; also the next position (None = end)."""
+        ids: list[int] = []
+        vals: list[bytes] = []
+        with self._txn() as txn, txn.cursor(db=self._dbs[db]) as cur:
+            if not cur.set_range(id_key(pos)):
+                return ids, vals, None
+            for k, v in cur.iternext():
+                i = key_id(k)
+                if stop is not None and i >= stop:
+                    return ids, vals, None
+                if include_deleted or txn.get(k, db=self._dbs["tombs"]) is None:
+                    ids.append(i)
+                    vals.append(v)
+                if len(ids) == batch:
+                    return ids, vals, i + 1
+        return ids, vals, None
+
+    def _iter(self, db: str, start: int, stop: int | None, batch: int,
+              include_deleted: bool) -> Iterator[tuple[list[int], list[bytes]]]:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        pos: int | None = max(0, start)
+        while pos is not None:
+            ids, vals, pos = self._scan(db, pos, stop, batch, include_deleted)
+            if ids:
+                yield ids, vals
+
 
 def _backfill_dupof(txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
     """One-time migration: index the ``dup_of`` links of records written before the dupof DB
@@ -352,35 +381,6 @@ class Store(_Env):
                     raise CollectionError(f"no vector stored for id {i} in {self.path}")
                 out[row] = np.frombuffer(raw, dtype="<f2")
         return out.astype(np.float32)
-
-    def _scan(self, db: str, pos: int, stop: int | None, batch: int,
-              include_deleted: bool) -> tuple[list[int], list[bytes], int | None]:
-        """Up to ``batch`` (id, value) from ``pos`` in one txn; also the next position (None = end)."""
-        ids: list[int] = []
-        vals: list[bytes] = []
-        with self._txn() as txn, txn.cursor(db=self._dbs[db]) as cur:
-            if not cur.set_range(id_key(pos)):
-                return ids, vals, None
-            for k, v in cur.iternext():
-                i = key_id(k)
-                if stop is not None and i >= stop:
-                    return ids, vals, None
-                if include_deleted or txn.get(k, db=self._dbs["tombs"]) is None:
-                    ids.append(i)
-                    vals.append(v)
-                if len(ids) == batch:
-                    return ids, vals, i + 1
-        return ids, vals, None
-
-    def _iter(self, db: str, start: int, stop: int | None, batch: int,
-              include_deleted: bool) -> Iterator[tuple[list[int], list[bytes]]]:
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
-        pos: int | None = max(0, start)
-        while pos is not None:
-            ids, vals, pos = self._scan(db, pos, stop, batch, include_deleted)
-            if ids:
-                yield ids, vals
 
     def iter_vectors(self, start: int = 0, stop: int | None = None, batch: int = 65536,
                      include_deleted: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
