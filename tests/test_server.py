@@ -645,8 +645,8 @@ def test_a_request_over_the_token_budget_is_refused_at_once(tmp_path):
 
 def test_empty_and_nul_texts_are_refused_like_the_cli(server):
     client, _ = server
-    cases = [({"id": "e1", "text": ""}, "empty or whitespace"), ({"id": "e2", "text": " \n\t "}, "empty or whitespace"),
-             ({"id": "e3", "text": "a\x00b"}, "NUL character"), ({"id": "e\n4", "text": "fine"}, "newline or NUL")]
+    cases = [({"id": "e1", "text": ""}, "empty text"), ({"id": "e2", "text": " \n\t "}, "empty text"),
+             ({"id": "e3", "text": "a\x00b"}, "NUL character"), ({"id": "e\n4", "text": "fine"}, "line break or NUL")]
     before = client.get("/info").json()["documents"]
     for doc, words in cases:
         res = client.post("/documents", json={"documents": [{"id": "ok1", "text": "good"}, doc]})

@@ -35,18 +35,6 @@ def http_error(status: int, message: str, headers: Optional[dict[str, str]] = No
     return HTTPException(status, message, headers=headers)
 
 
-def document_problem(record: dict[str, Any]) -> Optional[str]:
-    """Why a document cannot be stored (the rules ``ingest`` applies to a corpus line), or None."""
-    text, doc_id = record["text"], str(record["id"])
-    if any(c in doc_id for c in "\n\r\x00"):
-        return "the id holds a newline or NUL character (it would break id lists)"
-    if "\x00" in text:
-        return "NUL character in text"
-    if not text.strip():
-        return "the text is empty or whitespace only (nothing to embed)"
-    return None
-
-
 class Service:
     """Micro-batched encoding, locked reads and serialised writes over one open, writable collection."""
 
@@ -126,11 +114,11 @@ class Service:
             raise http_error(422, f"k={k} is over the limit of {self.settings.max_k} (--max-k)")
 
     def check_documents(self, records: list[dict[str, Any]]) -> None:
-        from bellm_search.corpus import MAX_JSON_DEPTH, json_depth, utf8_encodable
+        from bellm_search.corpus import MAX_JSON_DEPTH, document_problem, json_depth, utf8_encodable
 
         self.check_texts([r["text"] for r in records])
         for n, r in enumerate(records):
-            problem = document_problem(r)
+            problem = document_problem(str(r["id"]), r["text"])  # the rule of `ingest`, one home
             if problem:
                 raise http_error(422, f"document {n} (id {str(r['id'])[:80]!r}): {problem}")
             if json_depth(r) > MAX_JSON_DEPTH:  # stored, it would break every query returning it
