@@ -91,6 +91,55 @@ class EncoderConfig:
         return cls(**data)
 
 
+@dataclass
+class IndexConfig:
+    """How a collection's index is chosen, trained and searched (stored in the manifest).
+
+    Pure settings: the heuristics that read them live in ``bellm_search.index.factory``."""
+
+    factory: str | None = None      # explicit faiss factory string; None = automatic
+    nlist: int | None = None        # explicit number of IVF lists (asks for IVF-PQ even under flat_max)
+    m: int | None = None            # explicit PQ sub-quantizer count (must divide d; asks for IVF-PQ)
+    nbits: int = 4                  # bits per PQ code: 4 = SIMD fast-scan PQ (CPU), 8 = classic PQ
+    opq: bool = False               # prefix an OPQ rotation (asks for IVF-PQ)
+    flat_max: int = 100_000         # exact Flat up to this many vectors, IVF-PQ above
+    nprobe: int = 64                # default IVF lists visited per query (recall@10 >= 0.95 at 1M, see bench)
+    rerank: int = 10                # over-fetch factor: search k*rerank candidates, re-rank exactly
+    gpu: Literal["auto", "off", "on"] = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gpu not in ("auto", "off", "on"):
+            raise ConfigError(f"index gpu must be 'auto', 'off' or 'on', not {self.gpu!r}")
+        if not 1 <= self.nbits <= 16:
+            raise ConfigError(f"index nbits must be in 1..16, not {self.nbits}")
+        for name in ("nprobe", "rerank"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"index {name} must be >= 1, not {getattr(self, name)}")
+        for name in ("nlist", "m"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"index {name} must be >= 1 or unset, not {getattr(self, name)}")
+        if self.flat_max < 0:
+            raise ConfigError(f"index flat_max must be >= 0, not {self.flat_max}")
+
+    @property
+    def explicit_ivf(self) -> bool:
+        """Whether the user asked for IVF-PQ settings (nlist, m or opq) rather than the automatic choice."""
+        return self.nlist is not None or self.m is not None or self.opq
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IndexConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown index config key(s): {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+
 def cache_dir() -> Path:
     """Where converted models live: $BELLM_CACHE, else $XDG_CACHE_HOME/bellm-search, else ~/.cache."""
     env = os.environ.get("BELLM_CACHE")

@@ -7,8 +7,10 @@ import pytest
 
 from bellm_search.index import faiss_index as ix
 from bellm_search.errors import CollectionError, ConfigError
-from bellm_search.index.faiss_index import (IndexConfig, VectorIndex, choose_factory, choose_nlist,
-                                choose_pq_m, rerank, training_size)
+from bellm_search.config import IndexConfig
+from bellm_search.index.factory import choose_factory, choose_nlist, choose_pq_m, parse_factory, training_size
+from bellm_search.index.faiss_index import VectorIndex
+from bellm_search.index.rerank import rerank
 
 D = 64
 
@@ -216,18 +218,6 @@ def test_flat_remove(data):
     assert vi.remove(np.array([7, 8])) == 2 and vi.ntotal == 48
     _, I = vi.search(xb[:2], 3)
     assert not np.isin(I, [7, 8]).any()
-
-
-def test_range_search_matches_exact(data, ivfpq):
-    xb, xq = data
-    vi = VectorIndex.create(D, "Flat", IndexConfig())
-    vi.add(xb, np.arange(len(xb)))
-    lims, Dr, Ir = vi.range_search(xq[:5], 0.6)
-    s = xq[:5] @ xb.T
-    for q in range(5):
-        assert set(Ir[lims[q]:lims[q + 1]]) == set(np.flatnonzero(s[q] > 0.6))
-    lims, _, _ = ivfpq.range_search(xq[:5], 0.6, nprobe=32)
-    assert lims.shape == (6,) and lims[-1] > 0
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])

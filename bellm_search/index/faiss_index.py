@@ -6,165 +6,41 @@ exact ``Flat`` index; large ones an IVF-PQ index whose candidates are re-ranked 
 with the stored vectors (``rerank``). The choice follows the FAISS guidelines and
 autofaiss' heuristics, as pure functions tested on numbers.
 
-This is the only module that imports faiss; it never imports torch or lmdb.
+Only ``bellm_search.index`` imports faiss (here and in ``validate``); never torch or lmdb.
 """
 from __future__ import annotations
 
 import logging
-import math
-import os
 import re
 import threading
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import faiss
 import numpy as np
 
+from bellm_search._fs import atomic_path
+from bellm_search.config import IndexConfig
 from bellm_search.errors import CollectionError, ConfigError
+from bellm_search.index.factory import (MAX_PER_LIST, MIN_PER_LIST, FactorySpec, IndexSettingsError,
+                                        choose_factory, parse_factory, pq_code, training_sample,
+                                        training_size)
+from bellm_search.index.rerank import rerank
+
+# re-exported for callers not yet moved to bellm_search.config / index.factory / index.rerank
+__all__ = ["IndexConfig", "VectorIndex", "choose_factory", "factory_for", "rerank", "training_sample",
+           "training_size", "kmeans", "nearest_centroids", "gpu_available", "use_gpu"]
 
 log = logging.getLogger(__name__)
 
 GPU_EXTRA = "pip install 'bellm-search[gpu]'"
-CODE_FRACTION = 30      # PQ codes at most 1/30 of the float32 vector
-MIN_PER_LIST = 30       # fewest training vectors per IVF list (autofaiss; FAISS itself warns below 39)
-MAX_PER_LIST = 256      # FAISS k-means subsamples above 256 points per centroid anyway
-PER_LIST = 64           # default training points per list: k-means on 1M x 576 stays ~minutes on 2 cores
 
 
-@dataclass
-class IndexConfig:
-    """How a collection's index is chosen, trained and searched (stored in the manifest)."""
-
-    factory: str | None = None      # explicit faiss factory string; None = automatic
-    nlist: int | None = None        # override the automatic number of IVF lists
-    m: int | None = None            # override the automatic PQ sub-quantizer count (must divide d)
-    nbits: int = 4                  # bits per PQ code: 4 = SIMD fast-scan PQ (CPU), 8 = classic PQ
-    opq: bool = False               # prefix an OPQ rotation
-    flat_max: int = 100_000         # exact Flat up to this many vectors, IVF-PQ above
-    nprobe: int = 64                # default IVF lists visited per query (recall@10 >= 0.95 at 1M, see bench)
-    rerank: int = 10                # over-fetch factor: search k*rerank candidates, re-rank exactly
-    gpu: Literal["auto", "off", "on"] = "auto"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.gpu not in ("auto", "off", "on"):
-            raise ConfigError(f"index gpu must be 'auto', 'off' or 'on', not {self.gpu!r}")
-        if not 1 <= self.nbits <= 16:
-            raise ConfigError(f"index nbits must be in 1..16, not {self.nbits}")
-        for name in ("nprobe", "rerank"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"index {name} must be >= 1, not {getattr(self, name)}")
-        for name in ("nlist", "m"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"index {name} must be >= 1 or unset, not {getattr(self, name)}")
-        if self.flat_max < 0:
-            raise ConfigError(f"index flat_max must be >= 0, not {self.flat_max}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "IndexConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown index config key(s): {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(known))})")
-        return cls(**d)
-
-
-# --------------------------------------------------------------------------- pure maths
-
-def choose_nlist(n: int) -> int:
-    """Smallest power of two >= 4*sqrt(n) (autofaiss' 4..16*sqrt(n) band), capped so every
-    list can get >= 30 training vectors (nlist <= n/30); at least 1."""
-    if n < 1:
-        return 1
-    nlist = 1 << max(0, math.ceil(math.log2(4 * math.sqrt(n))))
-    while nlist > 1 and nlist * MIN_PER_LIST > n:
-        nlist //= 2
-    return nlist
-
-
-def choose_pq_m(d: int, max_code_bytes: int | None = None, nbits: int = 8) -> int:
-    """Largest m dividing d whose code (m*nbits bits) fits the byte budget.
-
-    The default budget is floor(4*d/30) bytes: PQ codes at most 1/30 of the float32 vector.
-    d=576 -> budget 76 B -> m=72 (8 dims per sub-quantizer, 72 B, 1/32); d=384 -> 48;
-    d=768 -> 96; d=64 -> 8. Falls back to m=1 when nothing larger fits."""
-    if d < 1:
-        raise ConfigError(f"dimension must be >= 1, not {d}")
-    budget_bits = 8 * (max_code_bytes if max_code_bytes is not None else (4 * d) // CODE_FRACTION)
-    fitting = [m for m in range(1, d + 1) if d % m == 0 and m * nbits <= budget_bits]
-    return max(fitting, default=1)
-
-
-def training_size(nlist: int, n: int, per_list: int = PER_LIST) -> int:
-    """Training sample size: per_list (clamped to 30..256) vectors per IVF list, at most n."""
-    per_list = min(max(per_list, MIN_PER_LIST), MAX_PER_LIST)
-    return max(0, min(n, nlist * per_list))
-
-
-def pq_code(m: int, nbits: int) -> str:
-    """The factory's PQ part; 4-bit codes use FAISS' fast-scan (SIMD look-ups in registers,
-    several times faster to scan than 8-bit PQ at the same code size)."""
-    return f"PQ{m}" if nbits == 8 else f"PQ{m}x4fs" if nbits == 4 else f"PQ{m}x{nbits}"
-
-
-def choose_factory(n: int, d: int, cfg: IndexConfig) -> str:
-    """cfg.factory if set; "Flat" up to cfg.flat_max vectors; else "[OPQm,]IVF{nlist},PQ{m}"."""
-    if cfg.factory:
-        return cfg.factory
-    if n <= cfg.flat_max:
-        return "Flat"
-    nlist = cfg.nlist or choose_nlist(n)
-    nbits = cfg.nbits
-    if nbits == 4 and cfg.gpu != "off" and use_gpu(cfg):
-        nbits = 8  # FAISS GPU has no 4-bit fast-scan PQ: classic 8-bit PQ, same code size
-    m = cfg.m or choose_pq_m(d, nbits=nbits)
-    if d % m:
-        raise ConfigError(f"PQ m={m} must divide the dimension {d}; try m={choose_pq_m(d, nbits=nbits)}")
-    pq = pq_code(m, nbits)
-    return f"{f'OPQ{m},' if cfg.opq else ''}IVF{nlist},{pq}"
-
-
-def training_sample(n: int, size: int, seed: int) -> np.ndarray:
-    """Sorted row positions of a seeded uniform sample of `size` out of n rows."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=min(size, n), replace=False))
-
-
-def rerank(xq: np.ndarray, I: np.ndarray, lookup: Callable[[np.ndarray], np.ndarray],
-           k: int, chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k among candidate ids I (nq, K), -1 = no candidate.
-
-    lookup(unique int64 ids) returns their stored vectors (len, d) in the same order; it is
-    called once. Returns (D, I) of shape (nq, k), sorted descending, padded with -inf / -1.
-    Queries go in small chunks so the gathered candidates (chunk, K, d) stay in cache."""
-    xq = np.ascontiguousarray(xq, dtype=np.float32)
-    I = np.asarray(I, dtype=np.int64)
-    nq, K = I.shape
-    D_out = np.full((nq, k), -np.inf, dtype=np.float32)
-    I_out = np.full((nq, k), -1, dtype=np.int64)
-    valid = I >= 0
-    if not valid.any():
-        return D_out, I_out
-    uniq, inv = np.unique(I[valid], return_inverse=True)
-    pos = np.zeros(I.shape, dtype=np.int64)
-    pos[valid] = inv.ravel()                            # row in V of each candidate
-    V = np.asarray(lookup(uniq), dtype=np.float32)      # (u, d)
-    kk = min(k, K)
-    for s in range(0, nq, chunk):
-        q = slice(s, s + chunk)
-        scores = np.matmul(V[pos[q]], xq[q, :, None])[:, :, 0]     # (c, K)
-        scores[~valid[q]] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-        top = np.take_along_axis(scores, order, axis=1)
-        D_out[q, :kk] = top
-        I_out[q, :kk] = np.where(np.isfinite(top), np.take_along_axis(I[q], order, axis=1), -1)
-    return D_out, I_out
+def factory_for(n: int, d: int, cfg: IndexConfig) -> str:
+    """``choose_factory`` for this machine (8-bit PQ where the index will live on a GPU)."""
+    return choose_factory(n, d, cfg, gpu=not cfg.factory and use_gpu(cfg))
 
 
 def gpu_available() -> bool:
@@ -195,7 +71,9 @@ def _ivf(index: "faiss.Index") -> "faiss.IndexIVF | None":
 
 
 def _setup_training(index: "faiss.Index", seed: int) -> None:
-    """Seed the IVF k-means and the PQ k-means (on the CPU index, before any GPU clone)."""
+    """Seed the IVF k-means and the PQ k-means (on the CPU index, before any GPU clone), and
+    keep FAISS' clustering warnings (one per sub-quantizer per OPQ iteration) out of stderr:
+    the training sample's size is ours (``FactorySpec.training_size``), so they say nothing."""
     ivf = _ivf(index)
     if ivf is None:
         return
@@ -204,16 +82,60 @@ def _setup_training(index: "faiss.Index", seed: int) -> None:
     ivf.cp.min_points_per_centroid = MIN_PER_LIST       # our floor; silences FAISS' 39 warning
     ivf = faiss.downcast_index(ivf)
     if isinstance(ivf, faiss.IndexIVFPQ):
-        ivf.pq.cp.seed = seed
         ivf.do_polysemous_training = False              # on by default in the factory; unused, slow
-    elif isinstance(ivf, faiss.IndexIVFPQFastScan):
-        ivf.pq.cp.seed = seed
+    pq = getattr(ivf, "pq", None)
+    if pq is not None:
+        pq.cp.seed = seed
+        pq.cp.min_points_per_centroid = 1               # min_train asks for 2**nbits points
+        pq.verbose = False
+
+
+def _opq_of(index: "faiss.Index") -> "faiss.OPQMatrix | None":
+    if not isinstance(index, faiss.IndexPreTransform):
+        return None
+    first = faiss.downcast_VectorTransform(index.chain.at(0))
+    return first if isinstance(first, faiss.OPQMatrix) else None
+
+
+@contextmanager
+def _opq_uses_index_pq(index: "faiss.Index") -> Iterator[None]:
+    """During training, OPQ trains the IVF's own product quantizer (seeded, quiet, as many
+    bits) instead of a default 8-bit one that warns per iteration; unlinked afterwards (the
+    link is a raw pointer that a copy or a save must not carry)."""
+    opq, ivf = _opq_of(index), _ivf(index)
+    pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None
+    if opq is None or pq is None:
+        yield
+        return
+    opq.verbose = False
+    opq.pq = pq
+    try:
+        yield
+    finally:
+        opq.pq = None
 
 
 def _to_gpu(index: "faiss.Index") -> "faiss.Index":
     co = faiss.GpuMultipleClonerOptions()
     co.useFloat16 = True    # fp16 PQ lookup tables: needed for large m on GPU
     return faiss.index_cpu_to_all_gpus(index, co=co)
+
+
+def _to_cpu(index: "faiss.Index") -> "faiss.Index":
+    return faiss.index_gpu_to_cpu(index)
+
+
+def _empty_index(d: int, factory: str) -> "faiss.Index":
+    """The untrained CPU index of a factory string; non-IVF indexes get an id map (ids, remove)."""
+    if d < 1:
+        raise ConfigError(f"dimension must be >= 1, not {d}")
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ConfigError(f"bad faiss factory string {factory!r}: {_first_line(e)}") from None
+    if _ivf(index) is None and not isinstance(index, faiss.IndexIDMap2):
+        index = faiss.IndexIDMap2(index)
+    return index
 
 
 def _as_vectors(x: np.ndarray, d: int, what: str) -> np.ndarray:
@@ -236,21 +158,16 @@ class VectorIndex:
 
     @classmethod
     def create(cls, d: int, factory: str, cfg: IndexConfig) -> "VectorIndex":
-        if d < 1:
-            raise ConfigError(f"dimension must be >= 1, not {d}")
-        try:
-            index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as e:
-            raise ConfigError(f"bad faiss factory string {factory!r}: {_first_line(e)}") from None
-        if _ivf(index) is None and not isinstance(index, faiss.IndexIDMap2):
-            index = faiss.IndexIDMap2(index)   # Flat etc. need an id map for ids and remove
+        """An empty index (Flat gets an id map); seeded for training; on the GPU when asked.
+        Use ``index.validate.validate_settings`` first for a factory a user gave."""
+        index = _empty_index(d, factory)
         _setup_training(index, cfg.seed)
         vi = cls(index, factory, cfg)
         vi._maybe_gpu()
         return vi
 
     def _maybe_gpu(self) -> None:
-        if _ivf(self._index) is None or not use_gpu(self.cfg):
+        if not self.is_ivf or not use_gpu(self.cfg):
             return
         try:
             self._index, self._gpu = _to_gpu(self._index), True
@@ -260,7 +177,7 @@ class VectorIndex:
             log.warning("GPU clone of %s failed (%s); staying on CPU", self._factory, _first_line(e))
 
     def _cpu_index(self) -> "faiss.Index":
-        return faiss.index_gpu_to_cpu(self._index) if self._gpu else self._index
+        return _to_cpu(self._index) if self._gpu else self._index
 
     @property
     def ntotal(self) -> int:
@@ -278,13 +195,36 @@ class VectorIndex:
     def factory(self) -> str:
         return self._factory
 
+    @property
+    def is_ivf(self) -> bool:
+        """An IVF index: approximate, searched with nprobe, its candidates re-ranked exactly."""
+        return self._static["nlist"] is not None
+
+    @property
+    def nlist(self) -> int | None:
+        return self._static["nlist"]
+
+    @property
+    def spec(self) -> FactorySpec:
+        """What this index is, from the index itself (not from its factory string)."""
+        return _spec_of(self._factory, self._static, self.d)
+
+    @property
+    def min_train(self) -> int:
+        """Fewest stored vectors that can train it (0: needs no training)."""
+        return 0 if self.is_trained else self.spec.min_train
+
+    def training_size(self, n: int) -> int:
+        """How many of n stored vectors to sample for ``train``."""
+        return self.spec.training_size(n)
+
     def train(self, xt: np.ndarray) -> None:
         """Train on xt (already sampled: see training_size/training_sample); seeded at create."""
         xt = _as_vectors(xt, self.d, "training vectors")
-        nlist = self._static["nlist"]
-        if nlist is not None and len(xt) < nlist:
-            raise CollectionError(f"need at least nlist={nlist} training vectors, got {len(xt)}")
-        self._index.train(xt)
+        if len(xt) < self.min_train:
+            raise CollectionError(f"{self._factory} needs at least {self.min_train} training vectors, got {len(xt)}")
+        with _faiss_errors(f"training {self._factory}"), _opq_uses_index_pq(self._index):
+            self._index.train(xt)
 
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
         x = _as_vectors(x, self.d, "vectors")
@@ -300,7 +240,7 @@ class VectorIndex:
 
     def _params(self, nprobe: int | None) -> "faiss.SearchParameters | None":
         """Per-call IVF parameters (thread-safe); None for non-IVF indexes."""
-        if self._static["nlist"] is None:
+        if not self.is_ivf:
             return None
         params = faiss.SearchParametersIVF()
         params.nprobe = self._nprobe(nprobe)
@@ -318,45 +258,62 @@ class VectorIndex:
         D[I < 0] = -np.inf
         return D, I
 
-    def range_search(self, xq: np.ndarray, threshold: float,
-                     nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(lims, D, I) as faiss: results of query i are D[lims[i]:lims[i+1]] (inner product > threshold)."""
-        xq = _as_vectors(xq, self.d, "queries")
-        index = self._cpu_index()           # range search is CPU-only in faiss
-        return index.range_search(xq, float(threshold), params=self._params(nprobe))
-
     def _gpu_call(self, fn: Callable, nprobe: int | None):
         with self._lock:
             faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", self._nprobe(nprobe))
             return fn()
 
+    @contextmanager
+    def _on_cpu(self) -> Iterator[None]:
+        """Within: the index is a CPU copy (GPU indexes cannot remove); after: back on the GPU.
+        One copy each way however many removes and adds happen inside."""
+        if not self._gpu:
+            yield
+            return
+        self._index, self._gpu = _to_cpu(self._index), False
+        try:
+            yield
+        finally:
+            self._index, self._gpu = _to_gpu(self._index), True
+
     def remove(self, ids: np.ndarray) -> int:
-        """Remove ids; returns how many were present."""
+        """Remove ids (all in one call: on a GPU each call copies the index to the CPU and
+        back); returns how many were present."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
         if not len(ids):
             return 0
-        if self._gpu:       # GPU indexes cannot remove: do it on a CPU copy
-            cpu = faiss.index_gpu_to_cpu(self._index)
-            n = _remove_ids(cpu, ids)
-            self._index = _to_gpu(cpu)
-            return n
-        return _remove_ids(self._index, ids)
+        with self._on_cpu():
+            return _remove_ids(self._index, faiss.IDSelectorBatch(ids))
+
+    def catch_up(self, batches: Iterable[tuple[np.ndarray, np.ndarray]], start: int,
+                 removed: np.ndarray | None = None) -> int:
+        """Bring a loaded index up to date: (re-)add the stored ``batches`` of (ids, vectors)
+        with ids >= ``start`` (idempotent: ids >= start are removed first) and remove the
+        ``removed`` ids. One removal in all, so a GPU index is copied to the CPU and back once.
+        Returns how many vectors were added."""
+        it = iter(batches)
+        first = next(it, None)
+        removed = None if removed is None or not len(removed) else np.asarray(removed, dtype=np.int64)
+        if first is None and removed is None:
+            return 0
+        later = faiss.IDSelectorRange(int(start), np.iinfo(np.int64).max) if first is not None else None
+        gone = faiss.IDSelectorBatch(removed) if removed is not None else None
+        both = faiss.IDSelectorOr(later, gone) if later is not None and gone is not None else None
+        with self._on_cpu():        # later and gone stay referenced while both is used
+            _remove_ids(self._index, both or later or gone)
+        added = 0
+        for ids, vecs in _chain(first, it):
+            self.add(vecs, ids)
+            added += len(ids)
+        return added
 
     def save(self, path: str | Path, before_replace: Callable[[Path], None] | None = None) -> None:
-        """Atomic write: temp file in the same folder, fsync, rename, fsync the folder.
-        ``before_replace(temp path)`` runs once the temp file is complete, before the rename."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        """Atomic write (``_fs.atomic_path``). ``before_replace(temp path)`` runs once the temp
+        file is complete, before the rename."""
+        with atomic_path(Path(path)) as tmp:
             faiss.write_index(self._cpu_index(), str(tmp))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
             if before_replace is not None:
                 before_replace(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
 
     @classmethod
     def load(cls, path: str | Path, cfg: IndexConfig) -> "VectorIndex":
@@ -371,7 +328,7 @@ class VectorIndex:
         _check_loaded(index, path)
         # the configured factory names the file unless the file is of another kind (a reindex
         # killed after renaming its index but before writing the manifest)
-        same_kind = cfg.factory and ("IVF" in cfg.factory) == (_ivf(index) is not None)
+        same_kind = cfg.factory and parse_factory(cfg.factory).is_ivf == (_ivf(index) is not None)
         vi = cls(index, cfg.factory if same_kind else _factory_of(index), cfg)
         vi._maybe_gpu()
         return vi
@@ -383,13 +340,33 @@ class VectorIndex:
 
 # --------------------------------------------------------------------------- helpers
 
+def _chain(first, rest: Iterator) -> Iterator:
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def _spec_of(factory: str, static: dict, d: int) -> FactorySpec:
+    return FactorySpec(factory, static["nlist"] is not None, static["nlist"], static["m"], static["nbits"],
+                       static["opq"], d)
+
+
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     err = [ln for ln in lines if ln.lower().startswith("error")]
     return (err or lines or [type(e).__name__])[0][:200]
 
 
-def _remove_ids(index: "faiss.Index", ids: np.ndarray) -> int:
+@contextmanager
+def _faiss_errors(doing: str) -> Iterator[None]:
+    """A FAISS RuntimeError (C++ assertion text) as one sentence."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise IndexSettingsError(f"FAISS failed {doing}: {_first_line(e)}.") from None
+
+
+def _remove_ids(index: "faiss.Index", sel: "faiss.IDSelector") -> int:
     """``remove_ids``, made safe for fast-scan (4-bit PQ) IVF indexes: FAISS' BlockInvertedLists
     (1.15) leaves the removed entries' codes in the slots past a list's new end, and a later add
     ORs new codes into those slots (it expects them zeroed), so vectors added to a list after a
@@ -398,7 +375,7 @@ def _remove_ids(index: "faiss.Index", ids: np.ndarray) -> int:
     inv = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
     blocks = isinstance(inv, faiss.BlockInvertedLists)
     before = [inv.list_size(lst) for lst in range(ivf.nlist)] if blocks else []
-    n = int(index.remove_ids(faiss.IDSelectorBatch(ids)))
+    n = int(index.remove_ids(sel))
     if blocks and n:
         zero = np.zeros(inv.packer.code_size, dtype=np.uint8)
         per = inv.n_per_block
@@ -407,17 +384,6 @@ def _remove_ids(index: "faiss.Index", ids: np.ndarray) -> int:
             for slot in range(new, min(old, -(-new // per) * per)):  # stale slots in the last block
                 inv.packer.pack_1_c(faiss.swig_ptr(zero), slot, inv.get_codes(lst))
     return n
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:         # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_loaded(index: "faiss.Index", path: Path) -> None:
