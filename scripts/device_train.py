@@ -260,7 +260,7 @@ def train_row(ctx: Ctx, row: Row, steps: int, deadline: float) -> tuple[dict[str
     stats = train_steps(ctx, run, steps, deadline)
     t1 = time.time()
     metrics = run.dev_metrics()
-    record = {**dataclasses.asdict(row), "steps": steps, "steps_done": stats["steps_done"],
+    record = {**dataclasses.asdict(row), "batch": run.cfg.batch_size, "steps": steps, "steps_done": stats["steps_done"],
               "truncated": stats["steps_done"] < steps, "s_per_step": stats["s_per_step"],
               "train_s": stats["train_s"], "prepare_s": round(prep, 1), "eval_s": round(time.time() - t1, 1),
               "final_loss": stats["final_loss"], "rows": len(run.data), "metrics": metrics}
@@ -497,7 +497,8 @@ def make_ctx(args: argparse.Namespace, clock: Clock) -> Ctx:
     dev = dev_scorer(data / DEV_STS, [data / p for p in DEV_PAIRS])
     meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "minutes": args.minutes, "device": device,
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "torch": torch.__version__,
-            "model": model or "embedded (converted from GGUF)", "layers": config["num_hidden_layers"],
+            "model": model or f"embedded ({'--model ' + args.model if args.model else 'converted from --gguf'})",
+            "layers": config["num_hidden_layers"], "pad_slack_candidates": SLACKS if device == "cuda" else None,
             "lr": args.lr, "dev_key": dev.key, "dev_texts": len(dev.texts)}
     return Ctx(args, model, data, config["num_hidden_layers"], device, "float32" if args.dry_run else "auto",
                dev, clock, Results(args.out, meta))
