@@ -1,6 +1,7 @@
 """Collections: ingest/query/delete/reindex, resume, crash safety, concurrency (fake encoder)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -373,3 +374,20 @@ def test_catch_up_answers_exactly_as_the_ingesting_process(tmp_path):
     coll.close()  # killed before the index save: the next open catches up from the store
     with Collection.open(tmp_path / "c", encoder=FakeEncoder()) as again:
         assert again.load_index().ntotal == 300 and answers(again, xq) == live
+
+
+@pytest.mark.parametrize("settings, says", [({"factory": "HNSW32"}, "cannot use"), ({"factory": "IDMap,Flat"}, "IDMap"),
+                                            ({"m": 7}, "divide"), ({"nlist": 100_000}, "Cannot train")])
+def test_reindex_refuses_settings_the_collection_cannot_use_before_writing_anything(tmp_path, settings, says):
+    """18.4: `reindex --factory HNSW32` succeeded and broke the next delete; `--m 7` was saved and
+    broke a later ingest. Now refused, in one sentence, with every file left as it was."""
+    from bellm_search.errors import ConfigError
+
+    coll, _ = make(tmp_path, n=200)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=says):
+        coll.reindex(**settings)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir() if p.is_file()} == files
+    assert coll.index_config == IndexConfig()  # not taken up in memory either (a later save would write it)
+    assert coll.delete(["d3"]) == (1, []) and coll.check()["ok"]
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["index_config"] == IndexConfig().to_dict()

@@ -159,12 +159,17 @@ class Collection:
 
     def reindex(self, factory: str | None = None, nlist: int | None = None, m: int | None = None,
                 opq: bool | None = None, wait: bool = True) -> dict[str, Any]:
-        """Rebuild the index from the stored vectors (no re-encoding) with new settings."""
+        """Rebuild the index from the stored vectors (no re-encoding) with new settings; settings the
+        collection cannot use (an index that cannot remove ids, too few vectors to train, ...) are
+        refused before anything is written."""
+        from bellm_search.index.factory import with_settings
+        from bellm_search.index.validate import validate_settings
+
         self.check_writable()
-        cfg = self.index_config.to_dict()
-        cfg.update({k: v for k, v in {"factory": factory, "nlist": nlist, "m": m, "opq": opq}.items() if v is not None})
+        config = with_settings(self.index_config, factory=factory, nlist=nlist, m=m, opq=opq)
         with writer_lock(self.path, wait):
-            return self.index_state.rebuild(IndexConfig.from_dict(cfg)).describe()
+            validate_settings(config, self.store.num_vectors(), self.dim)
+            return self.index_state.rebuild(config).describe()
 
     def check(self, repair: bool = False) -> dict[str, Any]:
         """Verify the collection; with ``repair`` rebuild the derived index from LMDB."""

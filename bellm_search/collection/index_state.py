@@ -57,39 +57,42 @@ class IndexState:
                 or state.get("deleted_applied") != self.store.get_state("n_deleted", 0))
 
     # ------------------------------------------------------------------ build
-    def build(self, strict: bool = False) -> Any:
-        """A fresh index from the stored vectors (no re-encoding), trained on a seeded sample. An
-        index that cannot be trained yet starts as exact Flat, or (``strict``: an explicit
-        rebuild) is an error."""
+    def build(self, strict: bool = False, config: IndexConfig | None = None) -> Any:
+        """A fresh index from the stored vectors (no re-encoding), trained on a seeded sample, with
+        ``config`` (default: the collection's). An index that cannot be trained yet starts as exact
+        Flat, or (``strict``: an explicit rebuild) is an error."""
         from bellm_search.index.factory import training_sample
         from bellm_search.index.faiss_index import VectorIndex, factory_for
 
+        cfg = config or self.config
         n = self.store.num_vectors()
-        chosen = factory_for(n, self.dim, self.config)
-        index = VectorIndex.create(self.dim, chosen, self.config)
+        chosen = factory_for(n, self.dim, cfg)
+        index = VectorIndex.create(self.dim, chosen, cfg)
         if index.min_train:
             if n < index.min_train:
                 if strict:
                     raise CollectionError(f"cannot train {chosen} on {n} vectors: it needs >= {index.min_train} "
                                           "(lower --nlist, or add documents first)")
                 log.info("%s needs %d vectors to train; exact Flat until then", chosen, index.min_train)
-                index = VectorIndex.create(self.dim, "Flat", self.config)
+                index = VectorIndex.create(self.dim, "Flat", cfg)
             else:
-                ids = self.store.live_ids(with_vectors=True)[training_sample(n, index.training_size(n), self.config.seed)]
+                ids = self.store.live_ids(with_vectors=True)[training_sample(n, index.training_size(n), cfg.seed)]
                 index.train(self.store.get_vectors(ids))
         for ids, vecs in self.store.iter_vectors():
             index.add(vecs, ids)
         return index
 
     def rebuild(self, config: IndexConfig | None = None, strict: bool = True) -> Any:
-        """Replace the index by one built from the stored vectors (new settings) and save it."""
+        """Replace the index by one built from the stored vectors (new settings) and save it. The
+        settings are the collection's only once that index is built."""
+        self.index = None  # memory holds one index, not both (a failed build: the next use reloads the file)
+        index = self.build(strict=strict, config=config)
         if config is not None:
             self.config = config
             self.manifest["index_config"] = config.to_dict()
-        self.index = None  # memory holds one index, not both
-        self.index = self.build(strict=strict)
+        self.index = index
         self.save()
-        return self.index
+        return index
 
     def should_grow(self) -> bool:
         """Whether the (Flat) index should become the collection's IVF index now: the settings
