@@ -110,7 +110,7 @@ def test_k1_equals_causal_with_last_pooling(tmp_path, tiny_llama):
 def test_training_writes_an_adapter_the_encoder_loads(tmp_path, tiny_llama):
     from bellm_search.encoder import Encoder
     from bellm_search.eval.datasets import read_sts
-    from bellm_search.cli.train import sts_score
+    from bellm_search.eval.sts import sts_score
 
     dev = write_dev(tmp_path / "dev.jsonl")
     out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), lora_dropout=0.0), dev_scorer(dev, []))
@@ -260,7 +260,7 @@ def test_resume_with_fewer_steps_exports_the_checkpoint(tmp_path, tiny_llama):
 def test_dev_every_keeps_the_best_adapter(tmp_path, tiny_llama):
     from bellm_search.encoder import Encoder
     from bellm_search.eval.datasets import read_sts
-    from bellm_search.cli.train import sts_score
+    from bellm_search.eval.sts import sts_score
 
     dev = write_dev(tmp_path / "dev.jsonl")
     out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), dev_every=2, max_steps=6, lora_dropout=0.0),
@@ -295,7 +295,7 @@ def test_device_train_dry_run_writes_rows_and_a_loadable_adapter(tmp_path):
 
     from bellm_search.encoder import Encoder
     from bellm_search.eval.datasets import read_sts
-    from bellm_search.cli.train import sts_score
+    from bellm_search.eval.sts import sts_score
 
     data, out = write_device_data(tmp_path / "data"), tmp_path / "out"
     root = Path(__file__).resolve().parents[1]
@@ -340,3 +340,22 @@ def test_bucketed_embeddings_equal_one_batch_in_input_order(tmp_path, tiny_llama
             reference = full_forward(run.base, [run.ids[t] for t in texts], run.pad_id, "last")
     assert len(plan_chunks(np.array([len(run.ids[t]) for t in texts]), run.cfg.max_batch_tokens, 1.0)) > 3
     assert torch.allclose(bucketed, reference, atol=1e-5), (bucketed - reference).abs().max()
+
+
+def test_dev_pairs_ap_matches_the_eval_path_on_the_saved_adapter(tmp_path, tiny_llama):
+    from bellm_search.encoder import Encoder
+    from bellm_search.eval.datasets import read_pairs
+    from bellm_search.eval.metrics import average_precision
+    from bellm_search.eval.cosines import pair_cosines
+
+    data = write_device_data(tmp_path / "data")
+    dev, pairs = data / "dev" / "stsb.jsonl", data / "dev" / "pit2015.jsonl"
+    out = train(tiny_cfg(tmp_path, tiny_llama, dev=str(dev), lora_dropout=0.0), dev_scorer(dev, [pairs]))
+    meta = json.loads((out / "bellm_adapter.json").read_text())["training"]
+    metrics = meta["dev_metrics"]
+    assert meta["dev_key"] == "mean" and set(metrics) == {"sts", "ap:pit2015.jsonl", "ap_mean", "mean"}
+    assert metrics["mean"] == pytest.approx((metrics["sts"] + metrics["ap_mean"]) / 2, abs=0.01)
+    enc = Encoder(model=str(tiny_llama), adapter=str(out), device="cpu", dtype="float32")
+    labelled = read_pairs(pairs)
+    ap = 100 * average_precision(pair_cosines(labelled, enc), [p.label for p in labelled])
+    assert metrics["ap:pit2015.jsonl"] == pytest.approx(ap, abs=0.02)

@@ -122,19 +122,6 @@ def dev_scorer(sts: Path | None, pair_files: list[Path]) -> Any:
     return DevScorer(texts, score, "mean" if sts and pair_files else "sts" if sts else "ap_mean")
 
 
-def sts_score(pairs: list, encoder: Any) -> float:
-    """Spearman x 100 of cosine(text1, text2) vs the gold scores."""
-    import numpy as np
-
-    from bellm_search.eval.metrics import spearman
-
-    texts = list(dict.fromkeys([p.text1 for p in pairs] + [p.text2 for p in pairs]))
-    row = {t: i for i, t in enumerate(texts)}
-    vecs = encoder.encode(texts)  # L2-normalised
-    cos = np.einsum("ij,ij->i", vecs[[row[p.text1] for p in pairs]], vecs[[row[p.text2] for p in pairs]])
-    return 100.0 * spearman(cos, [p.score for p in pairs])
-
-
 def eval_sts_command(
     file: Annotated[Path, typer.Argument(help="STS file: STS-B TSV (score in column 4, sentences in 5-6) or JSONL {text1, text2, score}.")],
     model: ModelOpt = None, adapter: AdapterOpt = None, bidirectional_layers: BidirOpt = None,
@@ -146,6 +133,7 @@ def eval_sts_command(
     """Spearman x 100 of cosine similarity vs gold scores on an STS file."""
     from bellm_search.encoder import Encoder
     from bellm_search.eval.datasets import read_sts
+    from bellm_search.eval.sts import sts_score
 
     pairs = read_sts(file, fmt)  # type: ignore[arg-type]
     if len(pairs) < 2:
