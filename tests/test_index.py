@@ -269,3 +269,119 @@ def test_gpu_available_never_raises(monkeypatch):
     monkeypatch.setattr(ix.faiss, "get_num_gpus", lambda: 1 / 0, raising=False)
     monkeypatch.setattr(ix.faiss, "StandardGpuResources", object, raising=False)
     assert ix.gpu_available() is False
+
+
+# --------------------------------------------------------------------------- settings a user gives
+
+def test_explicit_ivf_settings_ask_for_ivf_under_flat_max():
+    """13.2.2: nlist / m / opq given means IVF-PQ, even for a collection under flat_max."""
+    assert choose_factory(300, 64, IndexConfig()) == "Flat"
+    assert choose_factory(300, 64, IndexConfig(nlist=4)) == "IVF4,PQ16x4fs"
+    assert choose_factory(300, 64, IndexConfig(m=8, nbits=8)) == "IVF8,PQ8"
+    assert choose_factory(300, 64, IndexConfig(opq=True)).startswith("OPQ16,IVF8,")
+    spec = parse_factory("OPQ48,IVF1024,PQ48", d=576)
+    assert (spec.is_ivf, spec.nlist, spec.pq_m, spec.nbits, spec.opq) == (True, 1024, 48, 8, True)
+    assert spec.min_train == 1024 * 30
+    assert parse_factory("IVF16,PQ144x4fs").nbits == 4 and not parse_factory("Flat").is_ivf
+    assert parse_factory("OPQ16,IVF2,PQ16x4fs", d=64).min_train == 64       # OPQ needs >= d vectors
+    assert parse_factory("IVF4,PQ8").min_train == 256                        # 8-bit PQ: 256 centroids
+
+
+def _collection(tmp_path, n: int):
+    from fakes import FakeEncoder
+    from bellm_search.collection.core import Collection
+
+    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder())
+    coll.ingest([{"id": f"d{i}", "text": f"post {i}"} for i in range(n)])
+    return coll
+
+
+def test_reindex_with_explicit_ivf_settings_builds_ivf(tmp_path):
+    """13.2.2: `reindex --nlist 4` on 600 vectors (flat_max 100k) builds IVF4, not Flat."""
+    coll = _collection(tmp_path, 600)
+    assert coll.info()["index"]["type"] == "Flat"
+    desc = coll.reindex(nlist=4)
+    assert desc["type"] == "IVF-PQ" and desc["nlist"] == 4 and desc["ntotal"] == 600
+    assert coll.query("post 17", k=1, nprobe=4)[0].id == "d17"
+    assert coll.reindex(m=4, nlist=None)["m"] == 4                 # --pq-m alone: IVF-PQ with m=4
+    assert coll.reindex(factory="Flat")["type"] == "Flat"
+    assert coll.reindex(opq=True)["opq"] is True
+
+
+@pytest.mark.parametrize("settings, says", [
+    ({"factory": "HNSW32"}, "cannot use"),
+    ({"factory": "IDMap,Flat"}, "maps its ids"),
+    ({"factory": "IVF4,Flat,RFlat"}, "cannot remove"),
+    ({"m": 7}, "divide the dimension 16"),
+    ({"nlist": 100_000}, "needs at least 3,000,000"),
+    ({"opq": True, "nlist": 64}, "holds 600"),
+    ({"factory": "IVF4,PQ8", "nlist": 8}, "either"),
+    ({"factory": "IVF4,nonsense"}, "cannot build"),
+])
+def test_reindex_refuses_unusable_settings_before_writing(tmp_path, settings, says):
+    """18.4: settings that would break the collection later are refused, in one sentence,
+    before anything is written; delete and query keep working."""
+    from bellm_search.index.factory import IndexSettingsError
+
+    coll = _collection(tmp_path, 600)
+    files = {f.name: f.read_bytes() for f in (tmp_path / "c").iterdir() if f.is_file()}
+    with pytest.raises(IndexSettingsError, match=says) as err:
+        coll.reindex(**settings)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.endswith(".") and "Error in" not in msg
+    assert {f.name: f.read_bytes() for f in (tmp_path / "c").iterdir() if f.is_file()} == files
+    assert coll.delete(["d3"]) == (1, [])
+    assert coll.query("post 5", k=1)[0].id == "d5" and coll.check()["ok"]
+
+
+def test_faiss_errors_are_one_sentence():
+    from bellm_search.index.validate import validate_settings
+
+    for bad in ("bogus", "IVF16,PQ7x4fs"):
+        with pytest.raises(ConfigError) as err:
+            validate_settings(bad, 100_000, 576)
+        assert "\n" not in str(err.value) and "Error in" not in str(err.value)
+    assert validate_settings(IndexConfig(), 10, 576) == "Flat"
+    assert validate_settings(IndexConfig(nlist=16), 3000, 576) == "IVF16,PQ144x4fs"
+    assert validate_settings("IVF16,SQ8", 1000, 576) == "IVF16,SQ8"
+
+
+@pytest.mark.parametrize("factory, n", [("IVF8,PQ16", 600), ("OPQ16,IVF4,PQ16x4fs", 300)])
+def test_training_prints_no_clustering_warnings(capfd, data, factory, n):
+    """FAISS warned once per sub-quantizer (per OPQ iteration: hundreds of lines) when the
+    sample is under 39 points per PQ centroid; the sample size is ours, so it says nothing."""
+    xb, _ = data
+    vi = VectorIndex.create(D, factory, IndexConfig(gpu="off"))
+    capfd.readouterr()
+    vi.train(xb[:vi.training_size(n)])
+    vi.add(xb[:n], np.arange(n))
+    assert "WARNING" not in capfd.readouterr().err
+    assert vi.search(xb[:1], 1)[1][0, 0] == 0
+
+
+def test_gpu_catch_up_copies_the_index_once(tmp_path, monkeypatch):
+    """13.2.5: catching up a GPU index (stored batches past the saved state, plus deletions)
+    copies it to the CPU and back once, not once per batch. No GPU here: count the copies."""
+    import json
+    from functools import partialmethod
+
+    from bellm_search.collection.core import Collection
+    from bellm_search.store import Store
+    from fakes import FakeEncoder
+
+    coll = _collection(tmp_path, 600)
+    coll.reindex(nlist=4)
+    coll.delete(["d1", "d2"])
+    coll.close()
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    manifest["index"].update(indexed_upto=100, deleted_applied=0)      # the saved index lags
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(manifest))
+    moves = {"gpu": 0, "cpu": 0}
+    monkeypatch.setattr(ix, "gpu_available", lambda: True)
+    monkeypatch.setattr(ix, "_to_gpu", lambda index: moves.__setitem__("gpu", moves["gpu"] + 1) or index)
+    monkeypatch.setattr(ix, "_to_cpu", lambda index: moves.__setitem__("cpu", moves["cpu"] + 1) or index)
+    monkeypatch.setattr(Store, "iter_vectors", partialmethod(Store.iter_vectors, batch=100))  # 5 batches
+    with Collection.open(tmp_path / "c", encoder=FakeEncoder()) as again:
+        index = again.load_index()
+        assert index.describe()["gpu"] and index.ntotal == 598
+    assert moves == {"gpu": 2, "cpu": 1}        # the load's clone, then one round trip for the catch-up

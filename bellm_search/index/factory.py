@@ -86,6 +86,24 @@ def choose_factory(n: int, d: int, cfg: IndexConfig, gpu: bool = False) -> str:
     return f"{f'OPQ{m},' if cfg.opq else ''}IVF{nlist},{pq_code(m, nbits)}"
 
 
+def with_settings(cfg: IndexConfig, factory: str | None = None, nlist: int | None = None,
+                  m: int | None = None, opq: bool | None = None) -> IndexConfig:
+    """``cfg`` with the settings a user gave (None = keep). A factory string and IVF-PQ
+    parameters are two ways to say the same thing: giving both is refused; giving parameters
+    clears a stored factory (else they would be silently ignored), giving a factory clears
+    stored parameters."""
+    params = {"nlist": nlist, "m": m, "opq": opq}
+    if factory is not None and any(v not in (None, False) for v in params.values()):
+        raise IndexSettingsError("Give either a factory string or IVF-PQ settings (nlist, pq m, opq), "
+                                 f"not both: the factory {factory!r} already says how the index is built.")
+    data = cfg.to_dict()
+    if factory is not None:
+        data.update(factory=factory, nlist=None, m=None, opq=False)
+    elif any(v is not None for v in params.values()):
+        data.update({k: v for k, v in params.items() if v is not None}, factory=None)
+    return IndexConfig.from_dict(data)
+
+
 def training_sample(n: int, size: int, seed: int) -> np.ndarray:
     """Sorted row positions of a seeded uniform sample of `size` out of n rows."""
     rng = np.random.default_rng(seed)

@@ -282,7 +282,8 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
         if not len(ids):
             return 0
-        with self._on_cpu():
+        with self._on_cpu(), _faiss_errors(f"removing vectors from {self._factory} "
+                                           "(rebuild it with `bellm-search reindex --factory Flat`)"):
             return _remove_ids(self._index, faiss.IDSelectorBatch(ids))
 
     def catch_up(self, batches: Iterable[tuple[np.ndarray, np.ndarray]], start: int,
@@ -352,9 +353,12 @@ def _spec_of(factory: str, static: dict, d: int) -> FactorySpec:
 
 
 def _first_line(e: BaseException) -> str:
+    """FAISS' message without its C++ location and assertion text (one line, no final stop)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    err = [ln for ln in lines if ln.lower().startswith("error")]
-    return (err or lines or [type(e).__name__])[0][:200]
+    text = next((ln for ln in lines if ln.lower().startswith("error")), lines[0] if lines else type(e).__name__)
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    text = re.sub(r"^Error: '.*?' failed:?\s*", "", text)
+    return text.strip().rstrip(".")[:200] or type(e).__name__
 
 
 @contextmanager

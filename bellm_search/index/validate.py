@@ -14,8 +14,7 @@ import numpy as np
 from bellm_search.config import IndexConfig
 from bellm_search.errors import ConfigError
 from bellm_search.index.factory import MIN_PER_LIST, IndexSettingsError, choose_pq_m, parse_factory
-from bellm_search.index.faiss_index import (_empty_index, _first_line, _ivf, _spec_of, _static_description,
-                                            factory_for)
+from bellm_search.index.faiss_index import _empty_index, _ivf, _spec_of, _static_description, factory_for
 
 SUPPORTED = "'Flat' (exact), 'IVF{lists},Flat', 'IVF{lists},SQ8' or '[OPQ{m},]IVF{lists},PQ{m}[x4fs]'"
 
@@ -84,7 +83,8 @@ def _cannot_build(factory: str, dim: int, err: Exception) -> str:
     if spec.pq_m and dim % spec.pq_m:
         return (f"PQ{spec.pq_m} in {factory!r} must divide the dimension {dim}: try "
                 f"m={choose_pq_m(dim, nbits=spec.nbits or 8)} (divisors of {dim} only).")
-    return f"FAISS cannot build index factory {factory!r} for {dim}-dimensional vectors: {_first_line(err)}."
+    why = str(err).split(": ", 1)[-1]   # past "bad faiss factory string '...'"
+    return f"FAISS cannot build index factory {factory!r} for {dim}-dimensional vectors: {why.rstrip('.')}."
 
 
 def _sentence(text: str) -> str:
