@@ -31,8 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bellm_search.index.faiss_index import (IndexConfig, VectorIndex, choose_factory, rerank,  # noqa: E402
-                                training_sample, training_size)
+from bellm_search.config import IndexConfig  # noqa: E402
+from bellm_search.index.factory import choose_factory, training_sample  # noqa: E402
+from bellm_search.index.faiss_index import VectorIndex  # noqa: E402
+from bellm_search.index.rerank import rerank  # noqa: E402
 
 
 # --------------------------------------------------------------------------- data
@@ -111,8 +113,7 @@ def bench_flat(flat, xq: np.ndarray, k: int, reps: int) -> tuple[np.ndarray, dic
 def build_ivfpq(xb: np.ndarray, cfg: IndexConfig, factory: str, per_list: int) -> tuple[VectorIndex, dict]:
     n, d = xb.shape
     vi = VectorIndex.create(d, factory, cfg)
-    nlist = vi.describe()["nlist"]
-    rows = training_sample(n, training_size(nlist, n, per_list), cfg.seed)
+    rows = training_sample(n, vi.spec.training_size(n, per_list), cfg.seed)
     t = time.perf_counter()
     vi.train(xb[rows])
     t_train = time.perf_counter() - t

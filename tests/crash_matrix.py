@@ -62,7 +62,7 @@ def run_op(spec: dict[str, Any], encoder: FakeEncoder | None = None) -> Any:
     op, path = spec["op"], Path(spec["path"])
     if op == "ingest":  # cli.ingest: open or create, read the corpus lazily, ingest in chunks
         from bellm_search.corpus import CorpusOptions, ReadStats, read_corpus
-        from bellm_search.index.faiss_index import IndexConfig
+        from bellm_search.config import IndexConfig
 
         enc = encoder or encoder_for(spec["corpus"])
         if (path / MANIFEST).is_file():

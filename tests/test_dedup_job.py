@@ -10,7 +10,7 @@ import pytest
 from bellm_search.collection.core import Collection
 from bellm_search.dedup.job import find_clusters, run_dedup
 from bellm_search.errors import ConfigError
-from bellm_search.index.faiss_index import IndexConfig
+from bellm_search.config import IndexConfig
 from fakes import FakeEncoder, base_vector, near
 
 THRESHOLD = 0.9

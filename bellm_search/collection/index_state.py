@@ -103,7 +103,7 @@ class IndexState:
         if self.index is None or self.index.is_ivf:
             return False
         n = self.store.num_vectors()
-        return wants_ivf(n, self.config) and n >= parse_factory(factory_for(n, self.dim, self.config)).min_train
+        return wants_ivf(n, self.config) and n >= parse_factory(factory_for(n, self.dim, self.config), self.dim).min_train
 
     def maybe_grow(self) -> None:
         """Flat -> IVF-PQ once the collection outgrows flat_max (or can train its configured IVF).

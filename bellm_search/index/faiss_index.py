@@ -25,13 +25,10 @@ from bellm_search._fs import atomic_path
 from bellm_search.config import IndexConfig
 from bellm_search.errors import CollectionError, ConfigError
 from bellm_search.index.factory import (MAX_PER_LIST, MIN_PER_LIST, FactorySpec, IndexSettingsError,
-                                        choose_factory, parse_factory, pq_code, training_sample,
-                                        training_size)
-from bellm_search.index.rerank import rerank
+                                        choose_factory, parse_factory, pq_code)
 
-# re-exported for callers not yet moved to bellm_search.config / index.factory / index.rerank
-__all__ = ["IndexConfig", "VectorIndex", "choose_factory", "factory_for", "rerank", "training_sample",
-           "training_size", "kmeans", "nearest_centroids", "gpu_available", "use_gpu"]
+# IndexConfig is re-exported for tests/test_crash_matrix.py until it imports bellm_search.config
+__all__ = ["IndexConfig", "VectorIndex", "factory_for", "kmeans", "nearest_centroids", "gpu_available", "use_gpu"]
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +450,8 @@ def _type_name(index: "faiss.Index", ivf, pq) -> str:
 def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np.ndarray:
     """Spherical k-means centroids (k, d) of float32 rows x, seeded."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False)
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
+                      min_points_per_centroid=1)   # the caller sizes the sample: no FAISS warning
     km.train(x)
     return km.centroids
 
