@@ -385,3 +385,32 @@ def test_gpu_catch_up_copies_the_index_once(tmp_path, monkeypatch):
         index = again.load_index()
         assert index.describe()["gpu"] and index.ntotal == 598
     assert moves == {"gpu": 2, "cpu": 1}        # the load's clone, then one round trip for the catch-up
+
+
+def test_cli_reindex_refuses_in_one_line_and_the_collection_keeps_working(capsys, tiny_llama, tmp_path):
+    """18.4 through the CLI: exit 1, one line, no traceback; delete and query work after."""
+    from bellm_search.cli.main import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"post number {i} about topic {i % 7}\n" for i in range(40)), encoding="utf-8")
+    c = str(tmp_path / "coll")
+    code, _, err = run("ingest", str(corpus), "-c", c, "--model", str(tiny_llama), "--adapter", "none")
+    assert code == 0, err
+    for args, says in ((["--factory", "HNSW32"], "cannot use"), (["--factory", "IDMap,Flat"], "maps its ids"),
+                       (["--pq-m", "7"], "must divide"), (["--nlist", "100000"], "needs at least")):
+        code, out, err = run("reindex", "-c", c, *args)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 1 and len(lines) == 1 and says in err and "Traceback" not in err, (args, err)
+    code, out, err = run("delete", "-c", c, "line-3", "--json")
+    assert code == 0, err
+    code, out, _ = run("query", "post number 5", "-c", c, "-k", "1", "--json")
+    assert code == 0 and out.strip()
