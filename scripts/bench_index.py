@@ -3,6 +3,12 @@ re-rank from fp16 stored vectors, as a collection does), on synthetic and real v
 
     python scripts/bench_index.py [--synthetic N] [--real PATH.npy] [--nq 1000]
                                   [--out-png docs/recall_qps.png] [--out-json runs/bench_index.json]
+    python scripts/bench_index.py --catch-up N [--batches 8 --batch-size 65536]
+
+``--catch-up N``: the cost of bringing a saved index up to date (an open after a killed
+write): an IVF-PQ index over N vectors lags by --batches stored batches; before, each batch
+was removed (idempotent re-add) in its own call, a full scan of the index each (on a GPU a
+copy of the whole index to the CPU and back each); ``VectorIndex.catch_up`` removes once.
 
 Synthetic data (why not trivially easy): a mixture of N/10 clusters (~10 vectors each, the
 density of paraphrase groups) whose centres are drawn from an anisotropic Gaussian (effective
@@ -255,6 +261,9 @@ def parse_args(argv=None):
     p.add_argument("--m", type=int)
     p.add_argument("--opq", action="store_true")
     p.add_argument("--per-list", type=int, default=64, help="training vectors per IVF list")
+    p.add_argument("--catch-up", type=int, default=0, help="only the catch-up benchmark, over N vectors")
+    p.add_argument("--batches", type=int, default=8, help="--catch-up: stored batches the index lags by")
+    p.add_argument("--batch-size", type=int, default=65536, help="--catch-up: vectors per batch (the store's)")
     p.add_argument("--reps", type=int, default=2, help="timing repetitions (best is kept)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
@@ -263,11 +272,42 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def bench_catch_up(args) -> None:
+    """Per-batch removes (before) vs one removal (``catch_up``) on copies of the same index."""
+    import faiss
+
+    n, b, size, d = args.catch_up, args.batches, args.batch_size, args.d
+    x = Mixture(d, max(10, (n + b * size) // 10), args.seed).sample(n + b * size, args.seed + 1)
+    cfg = IndexConfig(flat_max=0, seed=args.seed, gpu="off")
+    base = VectorIndex.create(d, choose_factory(n, d, cfg), cfg)
+    base.train(x[training_sample(n, base.training_size(n), args.seed)])
+    base.add(x[:n], np.arange(n))
+    ids = np.arange(n, n + b * size)
+    batches = [(ids[i:i + size], x[n + i:n + i + size]) for i in range(0, b * size, size)]
+    times = {}
+    for how in ("per batch", "once"):
+        vi = VectorIndex(faiss.clone_index(base._index), base.factory, cfg)
+        t = time.perf_counter()
+        if how == "once":
+            vi.catch_up(iter(batches), n)
+        else:
+            for bids, vecs in batches:
+                vi.remove(bids)
+                vi.add(vecs, bids)
+        times[how] = time.perf_counter() - t
+        assert vi.ntotal == n + b * size
+    print(f"catch-up of {b} x {size:,} vectors onto {base.factory} over {n:,} (d={d}, {args.threads} threads): "
+          f"remove per batch {times['per batch']:.2f} s, once {times['once']:.2f} s")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     import faiss
     faiss.omp_set_num_threads(args.threads)
     print(f"faiss {faiss.__version__}, {args.threads} threads", flush=True)
+    if args.catch_up:
+        bench_catch_up(args)
+        return
     results = []
     if args.real is not None:
         if args.real.is_file():
