@@ -105,6 +105,9 @@ def test_options_that_would_be_ignored_are_refused(capsys, corpus, tiny_llama, t
                        "--model", str(tiny_llama), "--adapter", "none")
     assert code == 1 and "--id-field is not used by the local engine" in err
     assert not (tmp_path / "v.npy").exists()
+    code, _, err = run(capsys, "embed", str(corpus), "--engine", "ray", "--output-dir", str(tmp_path / "s"),
+                       "-o", str(tmp_path / "v.npy"))
+    assert code == 1 and "--output is not used by --engine ray" in err
     shards = tmp_path / "shards"
     shards.mkdir()
     for extra in (["--text-field", "body"], ["--id-field", "key"], ["--skip-invalid"]):

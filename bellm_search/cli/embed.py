@@ -37,6 +37,7 @@ def embed(
     if engine == "ray":
         if output_dir is None:
             raise ConfigError("--engine ray writes shards: give --output-dir DIR")
+        refuse_unused("by --engine ray (it writes shards into --output-dir)", output=output)
         from bellm_search.distributed.ray_embed import embed_with_ray
 
         summary = embed_with_ray(list(input), output_dir, opts, address=address, num_encoders=num_encoders,
