@@ -57,11 +57,13 @@ class Row:
     k: int = 8
     batch: int = 64
     seed: int = 42
+    full: bool = False  # train the top train_layers layers themselves (no adapter: never the final run)
+    lr: float | None = None  # None = --lr
     note: str = ""
 
 
-DRY_ROWS = ["ref", "top16", "mined"]
-DEFAULT_ROWS = ["ref", "nli-only", "top16", "mined", "k4", "k0", "tw-strict", "ref-seed2"]  # --rows adds batch128, k12
+DRY_ROWS = ["ref", "top16", "mined", "full-top8"]
+DEFAULT_ROWS = ["ref", "nli-only", "top16", "mined", "k4", "k0", "tw-strict", "ref-seed2", "full-top8"]  # + batch128, k12
 GRID = [  # priority order: rows that do not fit the time are dropped from the end
     Row("ref", note="reference: LoRA all layers, k 8, NLI + Twitter-URL"),
     Row("nli-only", data="nli", note="data: NLI only"),
@@ -73,6 +75,7 @@ GRID = [  # priority order: rows that do not fit the time are dropped from the e
     Row("batch128", batch=128, note="128 rows per step (more in-batch negatives)"),
     Row("ref-seed2", seed=2, note="reference, second seed"),
     Row("k12", k=12, note="k = 12 bidirectional layers"),
+    Row("full-top8", train_layers=8, full=True, lr=2e-5, note="full fine-tuning of the top 8 layers, lr 2e-5 (no adapter)"),
 ]
 
 
@@ -215,10 +218,11 @@ def row_config(ctx: Ctx, row: Row, steps: int, output: Path, dev_every: int | No
     gpu = ctx.device.startswith("cuda")
     batch = row.batch if not ctx.args.dry_run else row.batch // 8
     return TrainConfig(data=data, output=str(output), model=ctx.model, bidirectional_layers=k,
-                       train_layers=train_layers, cache_lower=False, batch_size=batch, max_steps=steps,
-                       lr=ctx.args.lr, seed=row.seed, dev=",".join([DEV_STS, *DEV_PAIRS]), dev_every=dev_every,
-                       device=ctx.device, dtype=ctx.dtype, max_batch_tokens=32768 if gpu else 4096,
-                       pad_slack=ctx.slack, show_progress=False, checkpoint_every=10**9)
+                       train_layers=train_layers, cache_lower=False, full_layers=row.full, batch_size=batch,
+                       max_steps=steps, lr=row.lr or ctx.args.lr, seed=row.seed, dev=",".join([DEV_STS, *DEV_PAIRS]),
+                       dev_every=dev_every, device=ctx.device, dtype=ctx.dtype,
+                       max_batch_tokens=32768 if gpu else 4096, pad_slack=ctx.slack, show_progress=False,
+                       checkpoint_every=10**9)
 
 
 def sync(ctx: Ctx) -> None:
@@ -473,7 +477,7 @@ def guarded(ctx: Ctx, name: str, fn: Any) -> None:
 
 
 def best_row(ctx: Ctx) -> dict[str, Any] | None:
-    names = {r.name for r in GRID}
+    names = {r.name for r in GRID if not r.full}  # a fully fine-tuned row has no adapter to ship
     done = [r for r in ctx.results.rows if r.get("name") in names and r.get("metrics") and r.get("s_per_step")
             and not r.get("truncated")]
     return max(done, key=lambda r: r["metrics"][ctx.dev.key], default=None)

@@ -304,8 +304,9 @@ def test_device_train_dry_run_writes_rows_and_a_loadable_adapter(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    assert {"ref", "top16", "mined"} <= rows.keys() and any(n.startswith("final") for n in rows)
-    assert all(rows[n]["steps_done"] == 3 and "sts" in rows[n]["metrics"] for n in ("ref", "top16", "mined"))
+    assert {"ref", "top16", "mined", "full-top8"} <= rows.keys() and any(n.startswith("final (") for n in rows)
+    assert all(rows[n]["steps_done"] == 3 and "sts" in rows[n]["metrics"] for n in ("ref", "top16", "mined", "full-top8"))
+    assert "final (full-top8)" not in rows  # no adapter to ship from a fully fine-tuned row
     assert rows["ref"]["mining"]["mined"] > 0 and "| top16 |" in (out / "results.md").read_text()
     final = next(r for n, r in rows.items() if n.startswith("final"))
     adapter = out / "adapter"
@@ -359,3 +360,19 @@ def test_dev_pairs_ap_matches_the_eval_path_on_the_saved_adapter(tmp_path, tiny_
     labelled = read_pairs(pairs)
     ap = 100 * average_precision(pair_cosines(labelled, enc), [p.label for p in labelled])
     assert metrics["ap:pit2015.jsonl"] == pytest.approx(ap, abs=0.02)
+
+
+def test_full_layers_train_the_top_layers_themselves(tmp_path, tiny_llama):
+    from bellm_search.encoder.loading import resolve_model
+
+    cfg = tiny_cfg(tmp_path, tiny_llama, train_layers=2)
+    model, base, start = M.build_model(resolve_model(cfg.model), torch.bfloat16, torch.device("cpu"),
+                                       bidirectional_layers=2, train_layers=2, lora_r=4, lora_alpha=8,
+                                       lora_dropout=0.0, lora_targets=("q_proj",), full=True)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert model is base and start == 2 and not any("lora_" in n for n in trainable)
+    assert {int(n.split("layers.")[1].split(".")[0]) for n in trainable} == {2, 3}
+    assert all(p.dtype == torch.float32 for p in trainable.values())
+    assert base.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="no adapter"):
+        train(tiny_cfg(tmp_path, tiny_llama, train_layers=2, full_layers=True))

@@ -58,6 +58,7 @@ class TrainConfig:
     max_length: int = 128  # training truncation (the adapter keeps the encoder default)
     train_layers: int | None = 8  # LoRA on the top N layers; None = every layer
     cache_lower: bool = True  # cache the frozen lower layers' states (train_layers only)
+    full_layers: bool = False  # experiments: train the top train_layers layers themselves, no LoRA (no adapter written)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -99,6 +100,8 @@ class TrainConfig:
                 f"{self.bidirectional_layers}: the bidirectional layers must be trained")
         if self.max_steps is None and self.epochs <= 0:
             raise ConfigError("give --epochs > 0 or --max-steps")
+        if self.full_layers and self.train_layers is None:
+            raise ConfigError("full_layers needs train_layers (the top layers to train)")
         if self.lr <= 0 or self.warmup < 0 or self.pad_slack < 1:
             raise ConfigError("--lr must be > 0, --warmup >= 0 and pad_slack >= 1")
         self.encoder_config()  # validates pooling, prompt, max_length, k
@@ -114,6 +117,8 @@ class TrainConfig:
 
     @property
     def scheme(self) -> str:
+        if self.full_layers:
+            return f"full-top-{self.train_layers}"
         if self.train_layers is None:
             return "plain"
         return f"{'cached' if self.cache_lower else 'full-forward'}-top-{self.train_layers}"
@@ -207,7 +212,7 @@ def prepare_run(cfg: TrainConfig, dev: DevScorer | None = None) -> Run:
     model, base, start = build_model(
         model_path, dtype, device, bidirectional_layers=cfg.bidirectional_layers, train_layers=cfg.train_layers,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
-        gradient_checkpointing=cfg.gradient_checkpointing)
+        gradient_checkpointing=cfg.gradient_checkpointing, full=cfg.full_layers)
     run = Run(cfg, data, model, base, start, ids, _safe_pad_id(tokenizer, base), device, dtype, dev=dev)
     if cfg.train_layers is not None and cfg.cache_lower:
         root = Path(cfg.cache_root) if cfg.cache_root else cache_dir() / "train-cache"
@@ -249,6 +254,8 @@ def train(cfg: TrainConfig, dev: DevScorer | None = None) -> Path:
     out = Path(cfg.output)
     if cfg.dev_every and dev is None:
         raise ConfigError("--dev-every needs --dev")
+    if cfg.full_layers:
+        raise ConfigError("full_layers trains the layers themselves: there is no adapter to write (experiments only)")
     if (out / CHECKPOINT).is_file() and not cfg.resume:
         raise ConfigError(f"{out} holds a checkpoint of an unfinished run: add --resume, or pick a new --output")
     if (out / "adapter_config.json").is_file() and not (out / CHECKPOINT).is_file():

@@ -88,10 +88,12 @@ def tokenize_texts(tokenizer: Any, config: EncoderConfig, texts: list[str]) -> l
 
 def build_model(model_path: str, dtype: torch.dtype, device: torch.device, *, bidirectional_layers: int,
                 train_layers: int | None, lora_r: int, lora_alpha: int, lora_dropout: float,
-                lora_targets: Sequence[str], gradient_checkpointing: bool = False) -> tuple[nn.Module, nn.Module, int]:
+                lora_targets: Sequence[str], gradient_checkpointing: bool = False,
+                full: bool = False) -> tuple[nn.Module, nn.Module, int]:
     """(peft model, its base ``*Model`` with the top k layers bidirectional, first LoRA layer).
 
-    LoRA on the top ``train_layers`` layers (every layer when None); everything else is frozen."""
+    LoRA on the top ``train_layers`` layers (every layer when None); everything else is frozen.
+    ``full``: no LoRA; the top ``train_layers`` layers themselves are trained (in float32)."""
     from peft import LoraConfig, get_peft_model
 
     base = load_base_model(model_path, dtype, None)
@@ -99,6 +101,9 @@ def build_model(model_path: str, dtype: torch.dtype, device: torch.device, *, bi
     if bidirectional_layers > n_layers or (train_layers or 0) > n_layers:
         raise ConfigError(f"the model has {n_layers} layers: lower --bidirectional-layers/--train-layers")
     start = 0 if train_layers is None else n_layers - train_layers
+    if full:
+        model = full_top_layers(base, start, bidirectional_layers).to(device)
+        return model, model, start
     lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                       target_modules=list(lora_targets), task_type=None,
                       layers_to_transform=None if start == 0 else list(range(start, n_layers)),
@@ -111,3 +116,12 @@ def build_model(model_path: str, dtype: torch.dtype, device: torch.device, *, bi
     if gradient_checkpointing:
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.to(device), model.get_base_model(), start
+
+
+def full_top_layers(base: nn.Module, start: int, bidirectional_layers: int) -> nn.Module:
+    """Train decoder layers [start:] themselves (float32 master weights; bf16 autocast computes)."""
+    base.requires_grad_(False)
+    for layer in decoder_layers(base)[start:]:
+        layer.float().requires_grad_(True)
+    make_bidirectional(base, bidirectional_layers)
+    return base
