@@ -85,7 +85,7 @@ class Origins:
     def __init__(self, store: Any) -> None:
         self.store = store
         self.start = store.next_id()
-        self.lines = array("l")
+        self.lines = array("I")
         self.files: list[int] = []  # first int id of each file's run of documents
         self.paths: list[str] = []
         self.deleted = set(store.deleted_ids().tolist())
@@ -127,7 +127,7 @@ def ingest(coll: Any, records: Iterable[Record | dict[str, Any]], *, chunk_size:
         except CorpusError as err:
             state.save()
             raise CorpusError(err.path, err.line, f"{err.problem}; the {offset} records before this line are stored "
-                              f"({stored(stats)} new): fix it (or skip invalid lines) and re-run the same "
+                              f"({stored(stats)} new): fix it (or skip invalid lines: --skip-invalid) and re-run the same "
                               "command, the records stored already are skipped") from None
         state.maybe_grow()  # (an ingest of nothing new still grows a collection that has outgrown Flat)
         state.save()
