@@ -38,6 +38,30 @@ def precision_threshold(scores: Sequence[np.ndarray], labels: Sequence[np.ndarra
     return float(grid[-1]) if len(grid) else 1.0
 
 
+def precise_f1_threshold(scores: np.ndarray, labels: np.ndarray, target: float = TARGET_PRECISION) -> float:
+    """The threshold with the best F1 among those whose precision reaches ``target`` (ties: the
+    higher threshold), moved halfway (in logit) towards the next lower score so that it does not
+    sit on a labelled pair; the highest score when none qualifies. For the user's own labels,
+    where the lowest threshold reaching the precision can sit far below every duplicate."""
+    from bellm_search.eval.metrics import pr_curve
+
+    curve = pr_curve(scores, labels)
+    ok = np.flatnonzero(curve["precision"] >= target)
+    if not len(ok):
+        return float(curve["threshold"][-1])
+    f1 = curve["f1"][ok]
+    k = ok[len(ok) - 1 - int(np.argmax(f1[::-1]))]
+    thr = curve["threshold"]
+    if k == 0:
+        return float(thr[0])
+    lo, hi = float(thr[k - 1]), float(thr[k])
+    if 0.0 < lo < hi < 1.0:
+        from bellm_search.pairs.model import logit, sigmoid
+
+        return float(sigmoid(0.5 * (logit(lo) + logit(hi))))
+    return 0.5 * (lo + hi)
+
+
 def set_weights(sizes: Sequence[int], total: float = 1.0) -> np.ndarray:
     """Per-pair weights giving each set the same share of ``total``."""
     return np.concatenate([np.full(n, total / (len(sizes) * n)) for n in sizes])
@@ -165,7 +189,7 @@ def user_pairs(coll: Any, labels_path: Path) -> tuple[np.ndarray, np.ndarray, li
 def cross_validate(dev: Sequence[Any], X: np.ndarray, y: np.ndarray, names: Sequence[str], floor: float,
                    folds: int = 5, seed: int = 0) -> tuple[np.ndarray, float]:
     """Out-of-fold probabilities of the user's pairs (each fold's model fitted on the dev sets plus
-    the other folds), and the threshold the precision rule picks on them."""
+    the other folds), and the threshold ``precise_f1_threshold`` picks on them."""
     fold = np.random.default_rng(seed).permutation(len(y)) % min(folds, len(y))
     prob = np.zeros(len(y))
     cols = [FEATURES.index(n) for n in names]
@@ -173,7 +197,7 @@ def cross_validate(dev: Sequence[Any], X: np.ndarray, y: np.ndarray, names: Sequ
         tr = fold != f
         model = fit(dev, names, floor, extra=(X[tr], y[tr], np.full(tr.sum(), USER_SHARE / len(y))))
         prob[~tr] = model.score(X[~tr][:, cols])
-    return prob, precision_threshold([prob], [y])
+    return prob, precise_f1_threshold(prob, y)
 
 
 def fit_collection(coll: Any, labels_path: Path, folds: int = 5) -> tuple[PairModel, dict[str, Any]]:

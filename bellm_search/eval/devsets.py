@@ -48,24 +48,24 @@ def dev_pairs(name: str, data: Path = DATA) -> list[Pair]:
 
 def load_dev_sets(encoder_sha: str, encoder: Callable[[], Any] | None = None, data: Path = DATA,
                   cache: Path = CACHE, limit: int | None = None) -> list[DevSet]:
-    """Every dev set's features for the encoder with adapter sha256 ``encoder_sha``: from the cache,
-    else computed (``encoder()`` builds the encoder, called only when something must be encoded)."""
+    """Every dev set's features for the encoder with adapter sha256 ``encoder_sha``. The cosines come
+    from the cache, else are computed (``encoder()`` builds the encoder, called only when something
+    must be encoded); the lexical features are recomputed from the texts (seconds)."""
     out, built = [], None
     for name in DEV_SETS:
         pairs = dev_pairs(name, data)[:limit]
         path = cache / f"dedup_dev_{name}_{encoder_sha[:16]}_{len(pairs)}.npz"
         if path.is_file():
             saved = np.load(path)
-            if list(saved["features"]) == list(FEATURES):
-                out.append(DevSet(name, saved["X"], saved["y"], pairs))
-                continue
-        if encoder is None:
-            raise FileNotFoundError(f"no cached dev features for encoder {encoder_sha[:12]} at {path}")
-        built = built or encoder()
-        log.info("encoding %s: %d pairs", name, len(pairs))
-        X = text_pair_features(pair_cosines(pairs, built), [p.text1 for p in pairs], [p.text2 for p in pairs])
-        y = np.array([p.label for p in pairs], dtype=np.int64)
-        cache.mkdir(parents=True, exist_ok=True)
-        np.savez(path, X=X, y=y, features=np.array(FEATURES))
-        out.append(DevSet(name, X, y, pairs))
+            cos = saved["cos"] if "cos" in saved.files else saved["X"][:, 0]
+        else:
+            if encoder is None:
+                raise FileNotFoundError(f"no cached dev cosines for encoder {encoder_sha[:12]} at {path}")
+            built = built or encoder()
+            log.info("encoding %s: %d pairs", name, len(pairs))
+            cos = pair_cosines(pairs, built)
+            cache.mkdir(parents=True, exist_ok=True)
+            np.savez(path, cos=cos, y=np.array([p.label for p in pairs], dtype=np.int64))
+        X = text_pair_features(cos, [p.text1 for p in pairs], [p.text2 for p in pairs], FEATURES)
+        out.append(DevSet(name, X, np.array([p.label for p in pairs], dtype=np.int64), pairs))
     return out

@@ -6,7 +6,8 @@
 - ``length_ratio``: min / max of the two shingle counts (~ normalised text lengths);
 - ``retweet``: 1 when the shorter text lies wholly inside the longer after social normalisation
   (a retweet, a quote, "text via @user"), with at least ``RETWEET_MIN_SHINGLES`` 5-grams;
-- ``word_jaccard``: Jaccard of the normalised word sets (needs the text, not only stored shingles).
+- ``word_jaccard``: Jaccard of the normalised word sets (needs the text, not only stored shingles);
+- ``word_containment``: the shorter text's words found in the longer (needs the text).
 
 Everything but ``cosine`` comes from per-document hash arrays, so dedup computes a document's
 shingles once (or reads them from the store) and pair features in vectorised batches. Pure numpy.
@@ -20,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from bellm_search.pairs.normalize import normalize_text
-from bellm_search.pairs.shingles import EMPTY, SHINGLE, batch_jaccard, batch_overlaps, shingle_hashes
+from bellm_search.pairs.shingles import EMPTY, SHINGLE, batch_overlaps, shingle_hashes
 
-FEATURES = ("cosine", "jaccard5", "containment", "length_ratio", "retweet", "word_jaccard")
-TEXT_FEATURES = frozenset({"word_jaccard"})  # need the text itself; the others need only shingles
+FEATURES = ("cosine", "jaccard5", "containment", "length_ratio", "retweet", "word_jaccard", "word_containment")
+TEXT_FEATURES = frozenset({"word_jaccard", "word_containment"})  # need the text itself; the others need only shingles
 RETWEET_MIN_SHINGLES = 5
 _WORD = re.compile(r"\w+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -81,19 +82,24 @@ def pair_features(cosine: np.ndarray, a: Sequence[DocSide | None], b: Sequence[D
     cols["containment"] = np.where(lo > 0, inter / np.maximum(lo, 1), (hi == 0).astype(np.float64))
     cols["length_ratio"] = np.where(hi > 0, lo / np.maximum(hi, 1), 1.0)
     cols["retweet"] = ((inter == lo) & (lo >= RETWEET_MIN_SHINGLES)).astype(np.float64)
-    if "word_jaccard" in names:
-        cols["word_jaccard"] = _word_jaccard(a, b, have)
+    if TEXT_FEATURES & set(names):
+        cols["word_jaccard"], cols["word_containment"] = _word_overlaps(a, b, have)
     out = np.column_stack([cols[n] for n in names]) if len(cos) else np.zeros((0, len(names)))
     lexical = [k for k, n in enumerate(names) if n != "cosine"]
     out[np.ix_(~have, lexical)] = np.nan
     return out
 
 
-def _word_jaccard(a: Sequence[DocSide | None], b: Sequence[DocSide | None], have: np.ndarray) -> np.ndarray:
+def _word_overlaps(a: Sequence[DocSide | None], b: Sequence[DocSide | None],
+                   have: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(word Jaccard, word containment) per pair; NaN where a side has no words."""
     ok = np.array([h and x.words is not None and y.words is not None for x, y, h in zip(a, b, have)], dtype=bool)
-    wa = [x.words if k else EMPTY for x, k in zip(a, ok)]
-    wb = [y.words if k else EMPTY for y, k in zip(b, ok)]
-    return np.where(ok, batch_jaccard(wa, wb), np.nan)
+    inter, na, nb = batch_overlaps([x.words if k else EMPTY for x, k in zip(a, ok)],
+                                   [y.words if k else EMPTY for y, k in zip(b, ok)])
+    union, lo = na + nb - inter, np.minimum(na, nb)
+    jac = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    contained = np.where(lo > 0, inter / np.maximum(lo, 1), (np.maximum(na, nb) == 0).astype(np.float64))
+    return np.where(ok, jac, np.nan), np.where(ok, contained, np.nan)
 
 
 def text_pair_features(cosine: np.ndarray, texts_a: Sequence[str | None], texts_b: Sequence[str | None],

@@ -17,7 +17,7 @@ import numpy as np
 from bellm_search.errors import ConfigError
 from bellm_search.pairs.features import FEATURES
 
-COSINE_FLOOR = 0.65
+COSINE_FLOOR = 0.5  # the candidate-search bound of the shipped model (scripts/bench_dedup.py floor sweep)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
