@@ -101,8 +101,8 @@ def prf_at(scores: Any, labels: Any, threshold: float) -> dict[str, float]:
     return {"precision": p, "recall": r, "f1": 2 * p * r / p_plus_r if (p_plus_r := p + r) > 0 else 0.0}
 
 
-def curve_table(scores: Any, labels: Any, step: float = 0.05) -> list[dict[str, float]]:
-    """P/R/F1 at round thresholds from the lowest score's step up to 1 (for printing)."""
+def curve_table(scores: Any, labels: Any, step: float = 0.05, start: float | None = None) -> list[dict[str, float]]:
+    """P/R/F1 at round thresholds from ``start`` (default: the lowest score's step) up to 1 (for printing)."""
     s = np.asarray(scores, dtype=np.float64)
-    lo = np.floor(s.min() / step) * step
+    lo = np.floor(s.min() / step) * step if start is None else start
     return [{"threshold": round(float(t), 4), **prf_at(s, labels, t)} for t in np.arange(lo, 1.0 + 1e-9, step)]

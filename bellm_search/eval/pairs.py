@@ -32,11 +32,13 @@ def shipped_model_for(encoder: Any) -> PairModel | None:
     return PairModel.from_dict(cal["model"]) if cal.get("adapter_sha256") == sha else None
 
 
-def report(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def report(scores: np.ndarray, labels: np.ndarray, start: float | None = None) -> dict[str, Any]:
+    """AP, the best-F1 threshold and a P/R/F1 table from ``start`` (probabilities: 0; below-floor
+    pairs score cosine - 1 < 0)."""
     threshold, f1, precision, recall = best_f1(scores, labels)
     return {"pairs": int(len(labels)), "positives": int(labels.sum()), "ap": average_precision(scores, labels),
             "threshold": float(threshold), "f1": float(f1), "precision": float(precision), "recall": float(recall),
-            "curve": curve_table(scores, labels)}
+            "curve": curve_table(scores, labels, start=start)}
 
 
 def evaluate_pairs(path: str, fmt: str, encoder_options: dict[str, Any], plot: Path | None = None,
@@ -56,7 +58,7 @@ def evaluate_pairs(path: str, fmt: str, encoder_options: dict[str, Any], plot: P
     else:
         X = text_pair_features(cos, [p.text1 for p in pairs], [p.text2 for p in pairs], model.features)
         scores, shipped_t = model.score(X), model.threshold
-    out = report(scores, labels)
+    out = report(scores, labels, start=None if model is None else 0.0)
     out["score"] = "cosine" if model is None else "pair model probability"
     if shipped_t is not None:
         out["shipped"] = {"threshold": shipped_t, **prf_at(scores, labels, shipped_t)}
