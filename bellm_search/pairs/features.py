@@ -14,6 +14,7 @@ shingles once (or reads them from the store) and pair features in vectorised bat
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,13 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from bellm_search.pairs.normalize import normalize_text
-from bellm_search.pairs.shingles import EMPTY, SHINGLE, batch_overlaps, shingle_hashes
+from bellm_search.pairs.shingles import EMPTY, SHINGLE, batch_overlaps, normalized_shingle_hashes
 
 FEATURES = ("cosine", "jaccard5", "containment", "length_ratio", "retweet", "word_jaccard", "word_containment")
 TEXT_FEATURES = frozenset({"word_jaccard", "word_containment"})  # need the text itself; the others need only shingles
 RETWEET_MIN_SHINGLES = 5
 _WORD = re.compile(r"\w+")
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
@@ -39,29 +39,20 @@ class DocSide:
 
 
 def word_hashes(norm: str) -> np.ndarray:
-    """Sorted unique uint64 hashes of the words of an already normalised text."""
-    words = _WORD.findall(norm)
+    """Sorted unique uint64 hashes (stable: BLAKE2b, 8 bytes) of the words of a normalised text."""
+    words = set(_WORD.findall(norm))
     if not words:
         return EMPTY
-    with np.errstate(over="ignore"):
-        h = np.array([hash_word(w) for w in words], dtype=np.uint64) * _MIX
-    return np.unique(h)
-
-
-def hash_word(word: str) -> int:
-    """A stable 64-bit hash (FNV-1a) of a word (Python's ``hash`` is salted per process)."""
-    h = 0xCBF29CE484222325
-    for byte in word.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
+    raw = b"".join(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest() for w in words)
+    return np.unique(np.frombuffer(raw, dtype="<u8"))
 
 
 def doc_side(text: str | None, with_words: bool = True) -> DocSide | None:
-    """A document's feature inputs from its text (None: no text)."""
+    """A document's feature inputs from its text (None: no text); the text is normalised once."""
     if not isinstance(text, str):
         return None
-    words = word_hashes(normalize_text(text, social=True)) if with_words else None
-    return DocSide(shingle_hashes(text, SHINGLE), words)
+    norm = normalize_text(text, social=True)
+    return DocSide(normalized_shingle_hashes(norm, SHINGLE), word_hashes(norm) if with_words else None)
 
 
 def pair_features(cosine: np.ndarray, a: Sequence[DocSide | None], b: Sequence[DocSide | None],

@@ -18,9 +18,14 @@ def shingle_hashes(text: str, n: int = SHINGLE) -> np.ndarray:
 
     The same sets as ``char_shingles`` (a text shorter than n is one shingle; one that normalises
     to "" has none), hashed: hash = sum_k c[i+k] * P^(n-1-k) mod 2^64, then mixed."""
+    return normalized_shingle_hashes(normalize_text(text, social=True), n)
+
+
+def normalized_shingle_hashes(norm: str, n: int = SHINGLE) -> np.ndarray:
+    """``shingle_hashes`` of a text already social-normalised (callers that need the normalised
+    text for something else normalise once)."""
     if n < 1:
         raise ValueError(f"shingle size must be >= 1, got {n}")
-    norm = normalize_text(text, social=True)
     if not norm:
         return EMPTY
     codes = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
