@@ -140,7 +140,7 @@ def section_environment(ck: Check) -> None:
         props = torch.cuda.get_device_properties(ck.device)
         ck.add("environment", "device", f"{props.name}, {props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}")
     else:
-        ck.add("environment", "device", f"CPU ({torch.get_num_threads()} threads), dry run")
+        ck.add("environment", "device", f"CPU ({torch.get_num_threads()} threads){', dry run' if ck.dry else ''}")
     flash = importlib.util.find_spec("flash_attn") is not None
     ck.add("environment", "flash_attn importable", "yes" if flash else "no (flash attention rows skipped)")
 
@@ -325,7 +325,7 @@ def section_batching_gain(ck: Check) -> None:
         t_single.append(time.perf_counter() - t)
     batch_s, single_s = statistics.median(t_batch), statistics.median(t_single)
     gain = single_s / batch_s
-    status = "INFO" if ck.dry else ("PASS" if gain >= BATCH_GAIN_TARGET else "FAIL")
+    status = "INFO" if ck.device.type != "cuda" else ("PASS" if gain >= BATCH_GAIN_TARGET else "FAIL")  # a GPU target
     ck.add("batching gain", f"16 texts/call vs 16 calls, k={top_k(ck)} (median of {rounds})",
            f"{16 / batch_s:.0f} vs {16 / single_s:.0f} sentences/s: {gain:.2f}x (target >= {BATCH_GAIN_TARGET:.0f}x)",
            status)
