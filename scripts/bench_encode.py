@@ -82,7 +82,6 @@ def variants(adapter: str | None, short_prompt: bool) -> list[tuple[str, Callabl
         ("today: full path, bf16", lambda: Encoder(reuse_prefix=False, **kw)),
         ("default: prefix reuse, bf16", lambda: Encoder(**kw)),
         ("option: prefix reuse, int8 linear", lambda: Encoder(dtype="int8", **kw)),
-        ("option: int8, full path", lambda: Encoder(dtype="int8", reuse_prefix=False, **kw)),
     ]
     if short_prompt:
         rows.append((f"option: prompt {SHORT_PROMPT!r} (needs retraining)", lambda: Encoder(prompt=SHORT_PROMPT, **kw)))
