@@ -131,26 +131,27 @@ def quality(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- scale
-WORDS = ("storm market council team bridge vaccine concert airport river festival school border police fire "
-         "train strike vote price game film music court city health power water road bank oil gold tech").split()
+SYLLABLES = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
 
 
 def synthetic(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Tweet-like unit vectors and texts with planted duplicates: 64 topics (neighbours within a
-    topic at cosine ~0.6-0.75, like real tweet embeddings), 15 % retweets/edited copies of an
-    earlier post (cosine ~0.95, same words) and 10 % paraphrases (cosine ~0.88, other words)."""
+    """Tweet-like unit vectors and texts with planted duplicates: 64 topics (random posts of one
+    topic at cosine ~0.35), 15 % retweets of an earlier post (cosine ~0.95, the same words after
+    social normalisation, some with a comment) and 10 % paraphrases (cosine ~0.88, other words).
+    Words are drawn from ~4,000 pseudo-words, so unrelated posts share few of them."""
     rng = np.random.default_rng(seed)
+    vocab = ["".join(rng.choice(SYLLABLES, rng.integers(1, 4))) for _ in range(4000)]
     topics = rng.standard_normal((64, dim)).astype(np.float32)
-    topic = rng.integers(0, 64, n)
-    vecs = 1.05 * topics[topic] + rng.standard_normal((n, dim)).astype(np.float32)  # in-topic cosine ~0.52
-    texts = [" ".join(rng.choice(WORDS, 12)) + f" {i}" for i in range(n)]
+    vecs = 0.73 * topics[rng.integers(0, 64, n)] + rng.standard_normal((n, dim)).astype(np.float32)
+    texts = [" ".join(rng.choice(vocab, 12)) for _ in range(n)]
     kind = rng.random(n)
     src = rng.integers(0, np.maximum(np.arange(n), 1))
     for i in np.flatnonzero((kind < 0.25) & (np.arange(n) > 0)):
         s = int(src[i])
         close = 0.33 if kind[i] < 0.15 else 0.54  # cosine ~0.95 / ~0.88
         vecs[i] = vecs[s] + close * rng.standard_normal(dim).astype(np.float32) * np.linalg.norm(vecs[s]) / np.sqrt(dim)
-        texts[i] = f"RT @u{i}: {texts[s]}" if kind[i] < 0.15 else " ".join(rng.choice(WORDS, 10)) + f" {s}"
+        comment = " ".join(rng.choice(vocab, 3)) + " " if kind[i] < 0.05 else ""
+        texts[i] = f"{comment}RT @u{i}: {texts[s]}" if kind[i] < 0.15 else " ".join(rng.choice(vocab, 12))
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     return vecs, texts
 
