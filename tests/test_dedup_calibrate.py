@@ -150,3 +150,30 @@ def test_calibrate_command_needs_enough_labels(coll):
     coll.close()
     result = CliRunner().invoke(app, ["calibrate", "-c", str(coll.path)])
     assert result.exit_code != 0 and "at least 10" in str(result.exception or result.output)
+
+
+def test_calibrate_command_then_dedup_uses_the_collections_calibration(coll):
+    """`calibrate` writes COLL/calibration.json and records it in the manifest; `dedup` (a fresh
+    open, the manifest validated again) then judges by it."""
+    from typer.testing import CliRunner
+
+    from bellm_search.cli.main import app
+
+    _, _, kind = corpus()
+    for pair, how in list(kind.items())[::4]:  # 25 pairs of each kind in turn
+        a, b = sorted(pair)
+        append_label(labels_path(coll), a, b, how == "retweet")
+    path = coll.path
+    coll.close()
+    runner = CliRunner()
+    result = runner.invoke(app, ["calibrate", "-c", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["labels"] == 25 and report["path"].endswith("calibration.json")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["calibration"]["labels"] == 25 and manifest["calibration"]["file"] == "calibration.json"
+    result = runner.invoke(app, ["dedup", "-c", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "collection" in out["decision"] and out["score"] == "probability"
+    assert out["clusters"] == 40  # the 40 retweets; no paraphrase
