@@ -71,19 +71,19 @@ def label(
                 _show(pair, answered + 1)
                 answer = _ask()
                 if answer == "q":
-                    return _done(path, answered)
+                    return _done(coll.path, path, answered)
                 append_label(path, pair["a"], pair["b"], ANSWERS[answer], probability=pair["probability"],
                              cosine=pair["cosine"], by="terminal")
                 answered += 1
                 if limit is not None and answered >= limit:
-                    return _done(path, answered)
+                    return _done(coll.path, path, answered)
             rounds += 1
             decision = _refit(coll, path, decision)
-    _done(path, answered)
+        _done(coll.path, path, answered)
 
 
-def _done(path: Path, answered: int) -> None:
-    note(f"{answered} answers appended to {path}; next: bellm-search calibrate --labels {path}")
+def _done(collection: Path, path: Path, answered: int) -> None:
+    note(f"\n{answered} answers appended to {path}; next: bellm-search calibrate -c {collection} --labels {path}")
 
 
 def calibrate(
