@@ -389,16 +389,10 @@ def test_gpu_catch_up_copies_the_index_once(tmp_path, monkeypatch):
 
 def test_cli_reindex_refuses_in_one_line_and_the_collection_keeps_working(capsys, tiny_llama, tmp_path):
     """18.4 through the CLI: exit 1, one line, no traceback; delete and query work after."""
-    from bellm_search.cli.main import main
+    from test_cli import run as run_cli
 
     def run(*args: str) -> tuple[int, str, str]:
-        code = 0
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        return run_cli(capsys, *args)
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("".join(f"post number {i} about topic {i % 7}\n" for i in range(40)), encoding="utf-8")
