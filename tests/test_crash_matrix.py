@@ -48,6 +48,7 @@ import crash_matrix as cm
 from bellm_search.collection.core import Collection
 from bellm_search.collection.manifest import INDEX_FILE, MANIFEST, META_DIR, read_manifest
 from bellm_search.index.faiss_index import IndexConfig, VectorIndex, _ivf
+from bellm_search.pairs.shingles import shingle_hashes
 
 HERE = Path(__file__).parent
 WORKER = HERE / "crash_matrix.py"
@@ -180,6 +181,8 @@ def verify(path: Path, deleted: set[str], current: bool, maybe_deleted: tuple[st
         by_int = {i: d["id"] for i, d in docs}
         for i, d in docs:
             assert store.lookup_key(d["id"]) == i, f"id map of {d['id']!r} does not point to {i}"
+        for (i, d), got in zip(docs, store.shingles([i for i, _ in docs])):  # committed with the record
+            assert np.array_equal(got, shingle_hashes(d["text"])), f"shingles of {d['id']!r} are not its text's"
         live = {d["id"]: (by_int.get(d["dup_of"], f"#{d['dup_of']}") if "dup_of" in d else None) for _, d in docs}
 
         parts = [ids for ids, _ in store.iter_vectors()]
