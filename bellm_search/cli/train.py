@@ -53,6 +53,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/checkpoint.pt after an interruption.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint every N steps.", min=1)] = 50,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward (less memory, slower).")] = False,
+    init_adapter: Annotated[Optional[Path], typer.Option("--init-adapter", help="Start from this adapter's LoRA weights (continued training; same --train-layers, --lora-r, --lora-targets); 'default' = the shipped adapter.")] = None,
     dev: Annotated[Optional[Path], typer.Option("--dev", help="STS file scored at the end (Spearman x 100, stored in bellm_adapter.json).")] = None,
     dev_pairs: Annotated[Optional[list[Path]], typer.Option("--dev-pairs", help="Labelled pair file(s) (jsonl, twitter-url, pit2015, mrpc) scored by mean AP x 100 of cosine; with --dev, models are chosen on the mean of the two. Repeatable.")] = None,
     dev_every: Annotated[Optional[int], typer.Option("--dev-every", min=1, help="Also score the dev sets every N steps; the best adapter so far is kept in OUTPUT/best.")] = None,
@@ -76,7 +77,7 @@ def train_command(
         w_contrastive=w_contrastive, w_angle=w_angle, w_cosent=w_cosent, seed=seed, resume=resume,
         checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
         dev=",".join(str(p) for p in [dev, *(dev_pairs or [])] if p) or None, dev_every=dev_every,
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, init_adapter=_init_adapter(init_adapter),
     )
     start = time.perf_counter()
     folder = train(cfg, dev_scorer(dev, dev_pairs or []))
@@ -87,6 +88,15 @@ def train_command(
     dev_text = "" if meta["dev_spearman"] is None else f", dev Spearman {meta['dev_spearman']:.2f}"
     note(f"trained {meta['steps']} steps in {meta['train_seconds']:.0f}s{dev_text}")
     emit(summary, as_json, f"adapter written to {folder}")
+
+
+def _init_adapter(value: Path | None) -> str | None:
+    if value is None:
+        return None
+    if str(value) == "default":
+        from bellm_search.encoder.resolve import default_adapter_dir
+        return str(default_adapter_dir())
+    return str(value)
 
 
 def dev_scorer(sts: Path | None, pair_files: list[Path]) -> Any:

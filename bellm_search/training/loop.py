@@ -38,7 +38,7 @@ from bellm_search.training import cache as state_cache
 from bellm_search.training.cache import StateCache  # noqa: F401 - re-exported
 from bellm_search.training.data import TrainData, micro_batch, negative_mask, plan_chunks, read_training_data, total_steps
 from bellm_search.training.loss import LossWeights, angle_objective
-from bellm_search.training.model import ALL_LINEAR, build_model, full_forward, tokenize_texts, top_forward
+from bellm_search.training.model import ALL_LINEAR, build_model, load_lora_weights, full_forward, tokenize_texts, top_forward
 from bellm_search.training.state import CHECKPOINT, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class TrainConfig:
     train_layers: int | None = 8  # LoRA on the top N layers; None = every layer
     cache_lower: bool = True  # cache the frozen lower layers' states (train_layers only)
     full_layers: bool = False  # experiments: train the top train_layers layers themselves, no LoRA (no adapter written)
+    init_adapter: str | None = None  # start the LoRA weights from this adapter folder (same r, targets, layers)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -213,6 +214,8 @@ def prepare_run(cfg: TrainConfig, dev: DevScorer | None = None) -> Run:
         model_path, dtype, device, bidirectional_layers=cfg.bidirectional_layers, train_layers=cfg.train_layers,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
         gradient_checkpointing=cfg.gradient_checkpointing, full=cfg.full_layers)
+    if cfg.init_adapter:
+        load_lora_weights(model, Path(cfg.init_adapter))
     run = Run(cfg, data, model, base, start, ids, _safe_pad_id(tokenizer, base), device, dtype, dev=dev)
     if cfg.train_layers is not None and cfg.cache_lower:
         root = Path(cfg.cache_root) if cfg.cache_root else cache_dir() / "train-cache"

@@ -8,6 +8,7 @@ states of a text independent of its batch, which is what lets cache.py store the
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -125,3 +126,22 @@ def full_top_layers(base: nn.Module, start: int, bidirectional_layers: int) -> n
         layer.float().requires_grad_(True)
     make_bidirectional(base, bidirectional_layers)
     return base
+
+
+def load_lora_weights(model: nn.Module, folder: Path) -> None:
+    """Start training from an existing adapter's LoRA weights (continued training). The adapter
+    must have the same rank, targets and layers as the model being trained: every LoRA tensor of
+    the model must be found, with its shape, or the run is refused."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    file = Path(folder) / "adapter_model.safetensors"
+    if not file.is_file():
+        raise ConfigError(f"--init-adapter {folder}: no adapter_model.safetensors there")
+    state = load_file(str(file))
+    result = set_peft_model_state_dict(model, state)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing or getattr(result, "unexpected_keys", None):
+        raise ConfigError(f"--init-adapter {folder} does not match this run's LoRA layout "
+                          f"({len(missing)} LoRA tensors missing, {len(result.unexpected_keys)} unexpected): "
+                          "use the same --train-layers, --lora-r and --lora-targets")
