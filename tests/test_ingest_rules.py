@@ -137,6 +137,11 @@ def test_filtered_search_sees_exact_copies_with_their_own_metadata(coll):
     assert len({round(h.score, 6) for h in listed[:3]}) == 1
     only3 = coll.query(GOLDFISH, k=1, where={"user": "@user_3"})[0]
     assert (only3.id, only3.copies) == ("p0001", 1)
+    coll.delete(["p0099"])
+    assert coll.query(GOLDFISH, k=1)[0].copies == 1  # a deleted copy is not counted
+    coll.delete(["p0001"])  # the first goes: its copy p0052 takes its vector and is found by itself
+    top = coll.query(GOLDFISH, k=1)[0]
+    assert (top.id, top.copies) == ("p0052", 0)
 
 
 # ----------------------------------------------------------------------------- issue 16 item 3: shingles

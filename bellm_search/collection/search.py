@@ -80,15 +80,21 @@ def hits(store: Any, scores: np.ndarray, ids: np.ndarray, k: int, where: dict[st
     """Each index hit stands for its document and that document's exact copies (stored without a
     vector): each is filtered by its own metadata; the first that matches is the hit."""
     live = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0]
+    found_ids = [i for i, _ in live]
+    if where or list_copies:
+        groups, unread = with_copies(store, found_ids), [0] * len(live)
+    else:  # no filter: the first copy and a count, without reading every copy (a viral post has thousands)
+        groups = [[(i, d)] if d is not None else [] for i, d in zip(found_ids, store.get_docs(found_ids))]
+        unread = [len(c) for c in store.linked(found_ids)]
     out: list[Hit] = []
-    for (_, score), group in zip(live, with_copies(store, [i for i, _ in live])):
+    for (_, score), group, more in zip(live, groups, unread):
         found = [doc for _, doc in group if not where or matches(doc.get("meta", {}), where)]
         if not found:
             continue  # deleted, or filtered out
         shown = found if list_copies else found[:1]
         out.extend(Hit(d["id"], score, d["text"], d.get("meta", {})) for d in shown)
         if not list_copies:
-            out[-1].copies = len(found) - 1
+            out[-1].copies = len(found) - 1 + more
         if len(out) >= k:
             break
     return out[:k]
