@@ -175,9 +175,11 @@ def _dedup_worker(path: str, pure_cosine: bool, queue) -> None:
                    "decision": decision.describe()})
 
 
-def exact_reference(path: Path, pure_cosine: bool) -> tuple[np.ndarray, float, float]:
+def exact_reference(path: Path, pure_cosine: bool, queries: int = 0) -> tuple[np.ndarray, float, float]:
     """Every pair with cosine >= the decision's candidate bound (faiss Flat range search over all
-    stored vectors), judged by the same decision: the duplicate pairs, seconds, peak-RSS MB."""
+    stored vectors), judged by the same decision: the duplicate pairs, seconds, peak-RSS MB.
+    ``queries`` > 0: only that many seeded random vectors are range-searched (against all), and the
+    search-and-judge seconds are extrapolated to all vectors (x n / queries)."""
     import faiss
 
     from bellm_search.collection.core import Collection
@@ -189,16 +191,19 @@ def exact_reference(path: Path, pure_cosine: bool) -> tuple[np.ndarray, float, f
         ids, vecs = map(np.concatenate, zip(*coll.store.iter_vectors()))
         index = faiss.IndexFlatIP(vecs.shape[1])
         index.add(vecs)
+        rows = np.sort(np.random.default_rng(1).choice(len(vecs), queries, replace=False)) if queries else np.arange(len(vecs))
+        setup, t = time.perf_counter() - t, time.perf_counter()
         out = []
-        for s in range(0, len(vecs), 2048):
-            lims, D, I = index.range_search(vecs[s:s + 2048], decision.candidate_cosine)
-            q = np.repeat(np.arange(s, s + len(lims) - 1), np.diff(lims.astype(np.int64)))
-            keep = I > q
-            a, b, d = ids[q[keep]], ids[I[keep]], D[keep]
+        for s in range(0, len(rows), 2048):
+            lims, D, I = index.range_search(vecs[rows[s:s + 2048]], decision.candidate_cosine)
+            q = np.repeat(rows[s:s + 2048], np.diff(lims.astype(np.int64)))
+            keep = I != q if queries else I > q
+            a, b, d = np.minimum(ids[q[keep]], ids[I[keep]]), np.maximum(ids[q[keep]], ids[I[keep]]), D[keep]
             X, _ = decision.probabilities(coll, a, b, d)
             dup = decision.judge(X)[1]
             out.append(np.stack([a[dup], b[dup]], 1))
-        return np.concatenate(out), time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        seconds = setup + (time.perf_counter() - t) * (len(vecs) / len(rows))
+        return np.unique(np.concatenate(out), axis=0), seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build(path: Path, vecs: np.ndarray, texts: list[str]) -> None:
@@ -220,7 +225,8 @@ def scale(args: argparse.Namespace) -> None:
     else:
         vecs_all, texts_all = synthetic(args.synthetic, 576)
         what = f"synthetic tweet-like vectors (planted duplicates), dim 576"
-    print(f"{what}; k=10; reference: exact all-pairs range search at the candidate bound, judged the same way")
+    sampled = f" from {args.reference_queries} random query vectors (time x n / queries)" if args.reference_queries else ""
+    print(f"{what}; k=10; reference: exact all-pairs range search at the candidate bound{sampled}, judged the same way")
     print(f"{'n':>8} {'score':<7} {'dedup s':>8} {'peak MB':>8} {'exact s':>8} {'ref MB':>7} {'speed-up':>8} "
           f"{'cands':>8} {'pairs':>8} {'exact':>8} {'clust rec':>9}")
     for n in [int(x) or len(vecs_all) for x in args.sizes.split(",")]:
@@ -233,7 +239,7 @@ def scale(args: argparse.Namespace) -> None:
                 proc.start()
                 res = queue.get()
                 proc.join()
-                ex, t_exact, ref_mb = _reference_in_process(tmp / "c", pure)
+                ex, t_exact, ref_mb = _reference_in_process(tmp / "c", pure, min(args.reference_queries, n))
                 co = res["cluster_of"]
                 together = np.mean((co[ex[:, 0]] == co[ex[:, 1]]) & (co[ex[:, 0]] >= 0)) if len(ex) else 1.0
                 print(f"{n:>8} {'cosine' if pure else 'model':<7} {res['seconds']:8.1f} {res['rss_mb']:8.0f} {t_exact:8.1f} "
@@ -243,14 +249,14 @@ def scale(args: argparse.Namespace) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _reference_worker(path: str, pure: bool, queue) -> None:
-    queue.put(exact_reference(Path(path), pure))
+def _reference_worker(path: str, pure: bool, queries: int, queue) -> None:
+    queue.put(exact_reference(Path(path), pure, queries))
 
 
-def _reference_in_process(path: Path, pure: bool):
+def _reference_in_process(path: Path, pure: bool, queries: int = 0):
     """The reference in its own process too, so its peak RSS is its own."""
     queue = mp.get_context("spawn").Queue()
-    proc = mp.get_context("spawn").Process(target=_reference_worker, args=(str(path), pure, queue))
+    proc = mp.get_context("spawn").Process(target=_reference_worker, args=(str(path), pure, queries, queue))
     proc.start()
     out = queue.get()
     proc.join()
@@ -288,6 +294,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="20000,0", help="scale: 0 = all vectors")
     ap.add_argument("--score", choices=["model", "cosine"], default="model")
     ap.add_argument("--both", action="store_true", help="scale: pure cosine and the model")
+    ap.add_argument("--reference-queries", type=int, default=0,
+                    help="scale: range-search only this many random vectors for the reference (its time extrapolated)")
     args = ap.parse_args()
     if args.part in ("quality", "all"):
         quality(args)
