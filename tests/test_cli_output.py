@@ -146,9 +146,13 @@ BAR = re.compile(r"\[\d+:\d\d")  # tqdm's elapsed-time field
 
 def run_on_terminal(args: list[str], cwd: Path) -> tuple[int, str, str]:
     """The CLI with stderr on a pseudo-terminal, so progress bars render as a person sees them."""
+    import fcntl
     import pty
+    import struct
+    import termios
 
     primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 columns wide
     proc = subprocess.Popen([sys.executable, "-m", "bellm_search.cli.main", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=secondary, stdin=subprocess.DEVNULL)
     os.close(secondary)
