@@ -47,6 +47,7 @@ def create_app(coll: Any, settings: Optional[ServerSettings] = None) -> Any:
     _error_handlers(app)
     _routes(app, service)
     # more routes over the same service (the review page) are added here
+    from bellm_search.serve import review; review.add_routes(app, service)  # noqa: E702  the page at /
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.timeout_s)
     app.add_middleware(ApiKey, key=settings.api_key)
     app.add_middleware(CatchAll, service=service)  # added last = outermost of ours

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from bellm_search.errors import ConfigError
 
 MIN_KEY_CHARS = 16
-OPEN_PATHS = frozenset({"/health"})  # answered without an API key
+OPEN_PATHS = frozenset({"/health", "/", "/review/app.js", "/review/style.css"})  # answered without an API key (the review page's static files hold no data)
 POSITIVE = ("max_batch", "max_batch_tokens", "max_request_tokens", "max_queue", "max_body_bytes", "max_texts",
             "max_text_chars", "max_k", "timeout_s", "max_connections")
 
