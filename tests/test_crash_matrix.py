@@ -47,7 +47,8 @@ import pytest
 import crash_matrix as cm
 from bellm_search.collection.core import Collection
 from bellm_search.collection.manifest import INDEX_FILE, MANIFEST, META_DIR, read_manifest
-from bellm_search.index.faiss_index import IndexConfig, VectorIndex, _ivf
+from bellm_search.config import IndexConfig
+from bellm_search.index.faiss_index import VectorIndex, _ivf
 from bellm_search.pairs.shingles import shingle_hashes
 
 HERE = Path(__file__).parent

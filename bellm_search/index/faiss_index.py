@@ -27,8 +27,7 @@ from bellm_search.errors import CollectionError, ConfigError
 from bellm_search.index.factory import (MAX_PER_LIST, MIN_PER_LIST, FactorySpec, IndexSettingsError,
                                         choose_factory, parse_factory, pq_code)
 
-# IndexConfig is re-exported for tests/test_crash_matrix.py until it imports bellm_search.config
-__all__ = ["IndexConfig", "VectorIndex", "factory_for", "kmeans", "nearest_centroids", "gpu_available", "use_gpu"]
+__all__ = ["VectorIndex", "factory_for", "kmeans", "nearest_centroids", "gpu_available", "use_gpu"]
 
 log = logging.getLogger(__name__)
 
