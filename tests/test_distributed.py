@@ -27,10 +27,35 @@ def sentence(i: int) -> str:
     return " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(3 + i % 9)) + f" {i}"
 
 
+def crash_once(marker: str):
+    """A Ray worker set-up hook (pickled by value: a closure) that makes the first encoder actor
+    call in the session create ``marker`` and exit hard, as a lost node or an OOM kill would."""
+    def install() -> None:
+        import os
+        from pathlib import Path
+
+        from bellm_search.distributed import ray_embed
+
+        encode = ray_embed.EncodeActor.__call__
+
+        def crashing(self, batch):
+            if not os.path.exists(marker):
+                Path(marker).touch()
+                os._exit(1)
+            return encode(self, batch)
+
+        ray_embed.EncodeActor.__call__ = crashing
+
+    return install
+
+
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield ray
+def ray_local(tmp_path_factory):
+    """A local Ray session whose first encoder actor dies on its first batch (see ``crash_once``)."""
+    marker = tmp_path_factory.mktemp("ray-crash") / "crashed-once"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env={"worker_process_setup_hook": crash_once(str(marker))})
+    yield marker
     ray.shutdown()
 
 
@@ -68,7 +93,7 @@ def embedded(ray_local, opts, corpus, tmp_path_factory):
     which dies hard on its first batch (as on a lost node); Ray restarts it and re-runs the batch."""
     work = tmp_path_factory.mktemp("ray-out")
     summary = embed_with_ray([str(corpus / "*.jsonl")], work / "shards", opts, num_encoders=2, batch_size=4,
-                             skip_invalid=True, shard_rows=16, crash_marker=str(work / "crashed-once"))
+                             skip_invalid=True, shard_rows=16)
     return work / "shards", summary
 
 
@@ -152,9 +177,9 @@ def test_from_embeddings_refuses_shards_of_another_encoder(embedded, tmp_path, o
         ingest_from_embeddings(tmp_path / "new", out, encoder_options={**opts, "bidirectional_layers": 2})
 
 
-def test_crashed_actor_is_replaced_without_losing_or_repeating_rows(embedded, corpus):
+def test_crashed_actor_is_replaced_without_losing_or_repeating_rows(ray_local, embedded, corpus):
     out, summary = embedded
-    assert (out.parent / "crashed-once").exists()  # an actor did die mid-run
+    assert ray_local.exists()  # an actor did die mid-run
     _, ids, _ = read_all(out)
     assert summary["rows"] == len(ids) == len(set(ids)) == 38
     assert ids == [r.id for r in expected_records(corpus)]

@@ -140,21 +140,14 @@ def _error_rows(stats: _Collect, file_no: int, path: str) -> list[tuple]:
 
 
 class EncodeActor:
-    """Ray stage (callable class = actor pool): builds the Encoder once, embeds each batch.
+    """Ray stage (callable class = actor pool): builds the Encoder once, embeds each batch."""
 
-    ``crash_marker`` is for tests: the first actor that finds the file missing creates it and
-    exits hard, as a node loss or an OOM kill would end it."""
-
-    def __init__(self, config: dict[str, Any], crash_marker: str | None = None) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         from bellm_search.encoder.encode import Encoder
 
         self.encoder = Encoder(EncoderConfig.from_dict(config))
-        self.crash_marker = crash_marker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.crash_marker and not os.path.exists(self.crash_marker):
-            Path(self.crash_marker).touch()
-            os._exit(1)
         ok = batch["error"] == ""
         vectors = np.zeros((len(ok), self.encoder.dim), np.float32)  # (B, d); error rows stay zero
         if ok.any():
@@ -204,7 +197,7 @@ def encoder_cpus(cluster_cpus: float, num_encoders: int, gpus_per_encoder: float
 
 def build_dataset(ray: Any, files: list[str], config: EncoderConfig, *, num_encoders: int, gpus_per_encoder: float,
                   cpus_per_encoder: float, text_field: str, id_field: str, batch_size: int, skip_invalid: bool,
-                  max_retries: int, crash_marker: str | None = None) -> Any:
+                  max_retries: int) -> Any:
     """The lazy Ray Data pipeline: files -> rows -> rows + "embedding" (nothing runs yet).
 
     A read task's output is merged into large blocks, and an actor never splits a block, so the
@@ -219,7 +212,7 @@ def build_dataset(ray: Any, files: list[str], config: EncoderConfig, *, num_enco
         # Ray >= 2.60 flags every extra remote argument as deprecated, yet offers no named
         # parameter for the actor restart/retry limits; the extra pins ray < 2.64 meanwhile.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*", category=DeprecationWarning)
-        return ds.map_batches(EncodeActor, fn_constructor_kwargs={"config": config.to_dict(), "crash_marker": crash_marker},
+        return ds.map_batches(EncodeActor, fn_constructor_kwargs={"config": config.to_dict()},
                               batch_size=batch_size, batch_format="numpy",
                               compute=ray.data.ActorPoolStrategy(size=num_encoders),
                               num_gpus=gpus_per_encoder, num_cpus=cpus_per_encoder,
@@ -245,11 +238,11 @@ def embed_with_ray(inputs: list[str], output_dir: Path, encoder_options: dict[st
                    address: str | None = None, num_encoders: int = 1, gpus_per_encoder: float = 0.0,
                    text_field: str = "text", id_field: str = "id", batch_size: int = 256,
                    skip_invalid: bool = False, shard_rows: int = SHARD_ROWS, cpus_per_encoder: float | None = None,
-                   max_retries: int = 3, crash_marker: str | None = None) -> dict[str, Any]:
+                   max_retries: int = 3) -> dict[str, Any]:
     """Embed JSONL/TXT files (paths or globs) with a Ray actor pool into shards under ``output_dir``.
 
     Returns a summary: rows, dim, shards, invalid lines, seconds, texts/s. ``output_dir`` must be
-    empty or new. ``crash_marker`` (tests): kill one actor once to exercise the retries."""
+    empty or new. A crashed encoder actor is restarted and its batch re-run (``max_retries``)."""
     _check_embed_args(num_encoders, gpus_per_encoder, batch_size, shard_rows, max_retries)
     output_dir = Path(output_dir)
     if shards.has_shards(output_dir):
@@ -263,8 +256,7 @@ def embed_with_ray(inputs: list[str], output_dir: Path, encoder_options: dict[st
             cpus_per_encoder = encoder_cpus(ray.cluster_resources().get("CPU", 0.0), num_encoders, gpus_per_encoder)
         ds = build_dataset(ray, files, config, num_encoders=num_encoders, gpus_per_encoder=gpus_per_encoder,
                            cpus_per_encoder=cpus_per_encoder, text_field=text_field, id_field=id_field,
-                           batch_size=batch_size, skip_invalid=skip_invalid, max_retries=max_retries,
-                           crash_marker=crash_marker)
+                           batch_size=batch_size, skip_invalid=skip_invalid, max_retries=max_retries)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 writer.add(batch)
