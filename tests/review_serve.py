@@ -7,6 +7,7 @@ own hashed vector, so exact copies only cluster by their ingest-time link).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def planted_encoder() -> FakeEncoder:
 
 def main() -> None:
     path, options = Path(sys.argv[1]), json.loads(sys.argv[2])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     run_server(path, ServerSettings(**options), encoder=planted_encoder())
 
 

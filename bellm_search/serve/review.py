@@ -129,7 +129,7 @@ class Review:
         else:
             order = sorted(range(n), key=lambda c: (-len(result.members[c]), c))
         page = [self._cluster(result, c, kept[c]) for c in order[offset:offset + limit]]
-        return {**self.summary(result), "keep": keep, "sort": sort, "offset": offset, "clusters": page}
+        return {**self.summary(result), "keep": keep, "sort": sort, "offset": offset, "page": page}
 
     def _cluster(self, result: Result, c: int, kept: int) -> dict:
         ids = [int(i) for i in result.members[c]]

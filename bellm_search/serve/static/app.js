@@ -158,8 +158,8 @@ async function loadClusters() {
   const data = await api("/review/clusters?" + q);
   showSummary(data);
   const holder = $("clusters");
-  holder.replaceChildren(...data.clusters.map(renderCluster));
-  const last = Math.min(state.offset + state.limit, data.clusters_total || state.total);
+  holder.replaceChildren(...data.page.map(renderCluster));
+  const last = Math.min(state.offset + state.limit, state.total);
   $("page-info").textContent = " " + (state.total ? state.offset + 1 : 0) + "–" + last + " of " + state.total + " ";
   say("");
 }
