@@ -211,8 +211,8 @@ function renderPair(p) {
     card.append(el("div", "id", id), el("div", "text", text));
     texts.append(card);
   });
-  const feats = Object.entries(p.features || {}).map(([k, v]) => k + " " + fmt(v)).join(", ");
-  const info = el("p", "muted", "P(duplicate) " + fmt(p.probability) + " · cosine " + fmt(p.cosine) + " · " + feats);
+  const feats = Object.entries(p.features || {}).filter(([k]) => k !== "cosine").map(([k, v]) => k + " " + fmt(v)).join(", ");
+  const info = el("p", "muted", "P(duplicate) " + fmt(p.probability) + " · cosine " + fmt(p.cosine) + (feats ? " · " + feats : ""));
   const buttons = el("div", "answers");
   [["duplicate", true], ["not duplicate", false], ["skip", null]].forEach(([name, value]) => {
     const b = el("button", "answer", name);
