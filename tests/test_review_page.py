@@ -250,3 +250,22 @@ def test_labelling_pairs_writes_the_labels_file_and_calibrates(server, browser):
     shot(browser, "calibrated")
     assert "calibrated from" in by_id(browser, "calibration").text, by_id(browser, "status").text
     assert (path / "calibration.json").is_file()
+
+
+def test_the_page_is_open_and_its_data_needs_the_api_key(server):
+    import httpx
+
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for path in ("/", "/review/app.js", "/review/style.css"):
+            assert client.get(path).status_code == 200, path
+        assert "<title>bellm-search review</title>" in client.get("/").text
+        data = [("GET", "/review/files"), ("GET", "/review/clusters"), ("GET", "/review/export"), ("GET", "/review/pairs"),
+                ("GET", "/review/labels"), ("POST", "/review/labels"), ("POST", "/review/dedup"), ("POST", "/review/calibrate"),
+                ("POST", "/review/load"), ("GET", "/review/other.js")]
+        for method, path in data:
+            assert client.request(method, path).status_code == 401, path
+        client.headers["X-API-Key"] = KEY
+        assert client.get("/review/labels").status_code == 200
+        assert client.get("/review/other.js").status_code == 404
+        assert client.post("/review/load", json={"file": "../manifest.json"}).status_code == 400  # only files in the folder
