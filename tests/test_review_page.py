@@ -250,6 +250,10 @@ def test_labelling_pairs_writes_the_labels_file_and_calibrates(server, browser):
     shot(browser, "calibrated")
     assert "calibrated from" in by_id(browser, "calibration").text, by_id(browser, "status").text
     assert (path / "calibration.json").is_file()
+    run_dedup(browser, threshold="")  # now the collection's calibration: the pair model and its features
+    shot(browser, "clusters_pair_model")
+    assert "pair model, collection" in by_id(browser, "dedup-summary").text
+    assert any("jaccard5" in t.text for t in all_css(browser, "table.pairs"))
 
 
 def test_the_page_is_open_and_its_data_needs_the_api_key(server):
