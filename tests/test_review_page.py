@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bellm_search.collection.core import Collection
+from bellm_search.dedup.job import run_dedup as run_dedup_job
 from review_serve import planted_encoder, planted_groups, sample_posts
 from test_server import running
 
@@ -69,6 +70,7 @@ def server(tmp_path_factory) -> tuple[str, Path]:
     path = root / "coll"
     with Collection.create(path, encoder=planted_encoder(), normalize_social=True) as coll:
         coll.ingest(sample_posts())
+        run_dedup_job(coll, float(THRESHOLD), output=path / "dedup_clusters.jsonl")  # a `dedup --output` file
     cmd = [sys.executable, str(HERE / "review_serve.py"), str(path), json.dumps({"port": 0, "api_key": KEY})]
     with running(cmd, root / "server.log") as url:
         yield url, path
@@ -207,6 +209,22 @@ def test_the_dedup_view_shows_every_planted_cluster_and_the_kept_member(server, 
                  for m in box.find_elements("css selector", ".member")}
         kept = box.find_element("css selector", ".member.kept").get_attribute("data-id")
         assert len(texts[kept]) == max(len(t) for t in texts.values())
+
+
+def test_a_dedup_output_file_in_the_collection_loads_into_the_dedup_view(server, browser):
+    from selenium.webdriver.support.ui import Select
+
+    url, _ = server
+    open_page(browser, url)
+    by_id(browser, "tab-dedup").click()
+    wait(browser, lambda d: len(Select(by_id(d, "files")).options) > 1)
+    assert [o.text for o in Select(by_id(browser, "files")).options][1:] == ["dedup_clusters.jsonl"]  # not labels.jsonl
+    Select(by_id(browser, "files")).select_by_value("dedup_clusters.jsonl")
+    by_id(browser, "load-file").click()
+    wait(browser, lambda d: "file: dedup_clusters.jsonl" in by_id(d, "dedup-summary").text)
+    shot(browser, "clusters_from_file")
+    shown = shown_clusters(browser)
+    assert {frozenset(c["members"]) for c in shown} == {frozenset(g["ids"]) for g in planted_groups()}
 
 
 def test_export_downloads_the_remove_list(server, browser):
