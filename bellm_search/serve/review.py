@@ -33,11 +33,13 @@ class Result:
 
     origin: str                          # "run: <decision>" or "file: <name>"
     members: list                        # per cluster: np.ndarray of int ids
-    edges: list                          # per cluster: list of (i, j, score, features | None)
+    edges: list                          # per cluster: list of (i, j, score, row of features | -1)
     live: np.ndarray
     min_score: list
     summary: dict = field(default_factory=dict)
     keeps: dict = field(default_factory=dict)  # keep policy -> list of kept int ids
+    names: tuple = ()                    # feature names (columns of X)
+    X: Optional[np.ndarray] = None       # features of the duplicate candidate pairs that linked clusters
 
 
 class Review:
@@ -56,11 +58,13 @@ class Review:
 
         decision = decision_for(self.coll, threshold=threshold, strict=False)
         found, live, _ = find_clusters(self.coll, decision, k, keep)
-        features = _candidate_features(found.candidates)
+        cand = found.candidates
         pi, pj, ps = found.pairs
-        edges = _edges_by_cluster(found.members, pi, pj, ps, features)
+        dup_i, dup_j = cand.i[cand.duplicate].tolist(), cand.j[cand.duplicate].tolist()
+        rows = {(min(a, b), max(a, b)): r for r, (a, b) in enumerate(zip(dup_i, dup_j))}  # pair -> row of X
+        edges = _edges_by_cluster(found.members, pi, pj, ps, rows)
         result = Result("run: " + decision.describe(), found.members, edges, live,
-                        [float(x) for x in found.min_score])
+                        [float(x) for x in found.min_score], names=cand.features, X=cand.X[cand.duplicate])
         result.keeps[keep] = [int(x) for x in found.keep]
         result.summary = {"warning": decision.warning, "score": "probability" if decision.model else "cosine"}
         return self._hold(result, keep)
@@ -85,7 +89,7 @@ class Review:
             members.append(np.asarray(ids, dtype=np.int64))
             link = row.get("weakest_link") or {}
             ends = self.coll.store.lookup_keys([str(link.get("id1")), str(link.get("id2"))]) if link else [None, None]
-            edges.append([(ends[0], ends[1], link["score"], None)] if None not in ends else [])
+            edges.append([(ends[0], ends[1], link["score"], -1)] if None not in ends else [])
             weakest.append(float(row["min_score"]) if row.get("min_score") is not None else float("nan"))
         result = Result("file: " + name, members, edges, self.coll.store.live_ids(), weakest)
         result.summary = {"warning": None, "score": "as written in the file"}
@@ -138,8 +142,9 @@ class Review:
         members = [{"id": source[i], "text": (docs[i] or {}).get("text", ""), "metadata": (docs[i] or {}).get("meta", {}),
                     "kept": i == kept} for i in ids]
         members.sort(key=lambda m: not m["kept"])  # the kept one first
-        pairs = [{"a": source.get(i, str(i)), "b": source.get(j, str(j)), "score": _num(s), "features": f}
-                 for i, j, s, f in result.edges[c]]
+        pairs = [{"a": source.get(i, str(i)), "b": source.get(j, str(j)), "score": _num(s),
+                  "features": None if row < 0 else {n: _num(v) for n, v in zip(result.names, result.X[row])}}
+                 for i, j, s, row in result.edges[c]]
         return {"cluster": c, "size": len(ids), "keep": source[kept], "min_score": _num(result.min_score[c]),
                 "members": members, "pairs": pairs}
 
@@ -191,22 +196,14 @@ def _num(x: Any) -> Optional[float]:
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else round(float(x), 4)
 
 
-def _candidate_features(cand: Any) -> dict:
-    """(min id, max id) -> {feature: value} for every candidate pair of a run."""
-    if cand is None:
-        return {}
-    return {(min(int(a), int(b)), max(int(a), int(b))): {n: _num(v) for n, v in zip(cand.features, row)}
-            for a, b, row in zip(cand.i, cand.j, cand.X)}
-
-
-def _edges_by_cluster(members: list, pi: np.ndarray, pj: np.ndarray, ps: np.ndarray, features: dict) -> list:
-    """The links inside each cluster with their score and features (None: an ingest-time link)."""
+def _edges_by_cluster(members: list, pi: np.ndarray, pj: np.ndarray, ps: np.ndarray, rows: dict) -> list:
+    """The links inside each cluster with their score and row of features (-1: an ingest-time link)."""
     owner = {int(i): c for c, m in enumerate(members) for i in m}
     edges: list = [[] for _ in members]
     for i, j, s in zip(pi.tolist(), pj.tolist(), ps.tolist()):
         c = owner.get(i)
         if c is not None and owner.get(j) == c:
-            edges[c].append((i, j, s, features.get((min(i, j), max(i, j)))))
+            edges[c].append((i, j, s, rows.get((min(i, j), max(i, j)), -1)))
     return edges
 
 
