@@ -11,8 +11,8 @@ Schemes (all k = 8, last-token pooling, bf16 autocast where the CPU has bf16):
   today      LoRA on the top 16 layers, lower layers cached, a step's distinct texts in one forward
              chunk padded to the longest text (the scheme that trained the shipped adapter)
   bucketed   the same, the texts in length buckets (pad_slack 1.3: a bucket holds texts at least
-             longest / 1.3 tokens long), each padded to its own longest text (the default now)
-  slack2     buckets with pad_slack 2.0
+             longest / 1.3 tokens long), each padded to its own longest text
+  slack2     buckets with pad_slack 2.0 (fewer, wider buckets: the default now)
   plain      LoRA on all 30 layers, no cache, bucketed
 
     flock /tmp/heavy.lock python scripts/bench_train.py [--steps 4] [--schemes today,bucketed] [--profile]

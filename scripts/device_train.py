@@ -192,7 +192,7 @@ class Ctx:
     dev: Any  # training.loop.DevScorer
     clock: Clock
     results: "Results"
-    slack: float = 1.3  # pad_slack of every row (probe_speed picks the faster on a GPU)
+    slack: float = 2.0  # pad_slack of every row (probe_speed picks the faster on a GPU)
     mined: Path | None = None
     probe: dict[str, float] = field(default_factory=dict)
 

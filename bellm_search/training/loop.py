@@ -82,7 +82,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     max_batch_tokens: int = 16384
-    pad_slack: float = 1.3  # a forward chunk holds texts >= longest / pad_slack tokens (data.plan_chunks)
+    pad_slack: float = 2.0  # a forward chunk holds texts >= longest / pad_slack tokens (data.plan_chunks; docs/training.md)
     cache_root: str | None = None  # where lower-layer caches live; None = <cache_dir>/train-cache
     crash_after_step: int | None = None  # testing: raise after this step (after its checkpoint)
     show_progress: bool | None = None
