@@ -376,3 +376,17 @@ def test_full_layers_train_the_top_layers_themselves(tmp_path, tiny_llama):
     assert base.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
     with pytest.raises(ConfigError, match="no adapter"):
         train(tiny_cfg(tmp_path, tiny_llama, train_layers=2, full_layers=True))
+
+
+def test_init_adapter_starts_from_its_lora_weights_and_refuses_another_layout(tmp_path, tiny_llama):
+    from bellm_search.training.loop import prepare_run
+
+    first = train(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "first"), max_steps=2))
+    run = prepare_run(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "second"), init_adapter=str(first)))
+    saved = lora_weights(first)
+    params = {k: p for k, p in run.model.named_parameters() if "lora_" in k}
+    assert len(params) == len(saved) > 0
+    for name, p in params.items():  # peft names the saved tensors without the adapter name
+        assert torch.equal(p.detach(), saved[name.replace(".default", "")]), name
+    with pytest.raises(ConfigError, match="does not match"):
+        prepare_run(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "third"), train_layers=2, init_adapter=str(first)))
