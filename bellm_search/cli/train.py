@@ -80,12 +80,15 @@ def train_command(
         device=device, dtype=dtype, init_adapter=_init_adapter(init_adapter),
     )
     start = time.perf_counter()
-    folder = train(cfg, dev_scorer(dev, dev_pairs or []))
+    _report(train(cfg, dev_scorer(dev, dev_pairs or [])), time.perf_counter() - start, as_json)
+
+
+def _report(folder: Path, seconds: float, as_json: bool) -> None:
     meta = json.loads((folder / "bellm_adapter.json").read_text(encoding="utf-8"))["training"]
     summary = {"output": str(folder), "steps": meta["steps"], "train_seconds": meta["train_seconds"],
-               "seconds": round(time.perf_counter() - start, 1), "final_loss": meta["final_loss"],
-               "dev_spearman": meta["dev_spearman"]}
-    dev_text = "" if meta["dev_spearman"] is None else f", dev Spearman {meta['dev_spearman']:.2f}"
+               "seconds": round(seconds, 1), "final_loss": meta["final_loss"],
+               "dev_spearman": meta["dev_spearman"], "dev_metrics": meta.get("dev_metrics")}
+    dev_text = "".join(f", dev {k} {v:.2f}" for k, v in (meta.get("dev_metrics") or {}).items())
     note(f"trained {meta['steps']} steps in {meta['train_seconds']:.0f}s{dev_text}")
     emit(summary, as_json, f"adapter written to {folder}")
 
