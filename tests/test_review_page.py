@@ -3,7 +3,6 @@ over the sample corpus, with a fake encoder that plants its near-duplicate group
 
 Chromium and its driver are installed with apt-get where absent (as root); the tests skip, saying why,
 only when that fails. Each test leaves a screenshot in tests/output/review/ (the last run's).
-``BELLM_DOCS_SCREENSHOTS=1`` also writes docs/review_{search,clusters,label}.png.
 """
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ from test_server import running
 
 HERE = Path(__file__).parent
 SHOTS = HERE / "output" / "review"
-DOCS = HERE.parent / "docs"
 KEY = "review-page-test-key-0123"
 THRESHOLD = "0.9"  # planted near copies sit at cosine >= 0.92 (paraphrases), random pairs far below
 
@@ -96,11 +94,9 @@ def browser(chromium, tmp_path):
     driver.quit()
 
 
-def shot(driver, name: str, docs: str | None = None) -> None:
+def shot(driver, name: str) -> None:
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
-    if docs and os.environ.get("BELLM_DOCS_SCREENSHOTS") == "1":
-        driver.save_screenshot(str(DOCS / f"review_{docs}.png"))
 
 
 def wait(driver, condition, timeout: float = 30):
@@ -176,7 +172,7 @@ def test_search_finds_a_planted_document_with_a_filter(server, browser):
     by_id(browser, "search-go").click()
     wait(browser, lambda d: all_css(d, "#results li"))
     hits = all_css(browser, "#results li")
-    shot(browser, "search", docs="search")
+    shot(browser, "search")
     first = hits[0]
     assert first.find_element("css selector", ".id").text == "p0003"
     assert first.find_element("css selector", ".score").text == "1.000"
@@ -188,7 +184,7 @@ def test_the_dedup_view_shows_every_planted_cluster_and_the_kept_member(server, 
     url, _ = server
     open_page(browser, url)
     run_dedup(browser)
-    shot(browser, "clusters", docs="clusters")
+    shot(browser, "clusters")
     shown = shown_clusters(browser)
     found = {frozenset(c["members"]) for c in shown}
     planted = {frozenset(g["ids"]) for g in planted_groups()}
@@ -257,7 +253,7 @@ def test_labelling_pairs_writes_the_labels_file_and_calibrates(server, browser):
             wait(browser, lambda d, b=box: "answered" in b.get_attribute("class"))
             answers[pair] = duplicate
             if len(answers) == 1:
-                shot(browser, "label", docs="label")
+                shot(browser, "label")
     wait(browser, lambda d: f"labels: {len(answers)} " in by_id(d, "label-count").text)
     lines = [json.loads(x) for x in (path / "labels.jsonl").read_text().splitlines()]
     assert {frozenset((x["a"], x["b"])): x["duplicate"] for x in lines} == answers
