@@ -172,15 +172,9 @@ def test_shingles_are_stored_at_ingest_and_migrated_on_a_writable_open(tmp_path)
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    from bellm_search.cli.main import main
+    from test_cli import run
 
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run(capsys, *args)
 
 
 def test_cli_blank_lines_and_copies(capsys, tiny_llama, tmp_path):
