@@ -65,6 +65,7 @@ def path_flops(enc: Encoder, ids: list[list[int]]) -> float:
     model = enc.replicas[0]
     cfg = model.config
     params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    params += sum(m.weight().numel() for m in model.modules() if callable(getattr(m, "weight", None)))  # int8 packed
     layers, top = cfg.num_hidden_layers, enc.config.bidirectional_layers
     per_layer = 2.0 * params / layers
     runner = enc.runners[0] if enc.reuse_prefix and enc.runners else None
