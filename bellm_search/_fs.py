@@ -34,6 +34,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def check_output_path(path: Path, create_folder: bool = False) -> Path:
+    """Refuse, before any work, a file path that cannot be written: a directory, or a path under a
+    file. ``create_folder`` makes a missing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise BellmError(f"{path} is a directory: give a file name to write (-o FILE)")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise BellmError(f"cannot write {path}: {parent} is a file, not a folder")
+    if create_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path to write; on success it is fsynced and renamed over ``path`` and the

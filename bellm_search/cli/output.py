@@ -30,15 +30,7 @@ def progress_bar(desc: str, unit: str = "doc", total: int | None = None) -> Any:
 
 
 def output_file(path: Path | None) -> Path | None:
-    """Check a file the command will write before any slow work: not a directory, its folder a
-    directory (created when missing, unless a file is in the way)."""
-    from bellm_search.errors import ConfigError
+    """Check a file the command will write before any slow work (``_fs.check_output_path``)."""
+    from bellm_search._fs import check_output_path
 
-    if path is None:
-        return None
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory: give a file name to write (-o FILE)")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"cannot write {path}: {parent} is a file, not a folder")
-    return path
+    return None if path is None else check_output_path(path)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bellm_search._fs import atomic_write, remove_stale_temps
+from bellm_search._fs import atomic_write, check_output_path, remove_stale_temps
 from bellm_search.corpus import SEEN
 from bellm_search.dedup.calibration import Decision, decision_for
 from bellm_search.dedup.calibration import default_cosine_threshold  # noqa: F401  (serve/ imports it from here)
@@ -138,17 +138,9 @@ def _doc_getter(coll: Any) -> Any:
 
 
 def check_output(path: Path | None) -> None:
-    """Refuse an output path that cannot be written, before any work (one line, nothing written);
-    a missing folder is created."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise BellmError(f"{path} is a directory: give a file name to write")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise BellmError(f"cannot write {path}: a file is in the way of its folder") from None
+    """Refuse an output path that cannot be written, before any work; a missing folder is created."""
+    if path is not None:
+        check_output_path(path, create_folder=True)
 
 
 def run_dedup(coll: Any, threshold: Decision | float | None = None, k: int = 10, keep: str = "first",
