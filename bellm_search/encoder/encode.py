@@ -18,6 +18,7 @@ from bellm_search.encoder.loading import (
     INT8,
     apply_adapter,
     load_base_model,
+    load_merged_model,
     load_tokenizer,
     quantize_int8,
     resolve_device,
@@ -78,11 +79,16 @@ def build_backbone(config: EncoderConfig, device: torch.device, dtype: torch.dty
 
     ``config.dtype == "int8"``: float32 activations, int8 weights in every linear layer (dynamic
     quantisation, CPU only)."""
-    model = load_base_model(resolve_model(config.model), dtype, config.attn_implementation)
-    if config.adapter:
-        from bellm_search.encoder.adapter import read_adapter
+    from bellm_search.encoder.adapter import read_adapter
 
-        model = apply_adapter(model, read_adapter(config.adapter).path, merge=merge_adapter)
+    path, attn = resolve_model(config.model), config.attn_implementation
+    adapter = read_adapter(config.adapter).path if config.adapter else None
+    if adapter is not None and merge_adapter:
+        model = load_merged_model(path, adapter, dtype, attn)  # cached merged weights when possible
+    else:
+        model = load_base_model(path, dtype, attn)
+        if adapter is not None:
+            model = apply_adapter(model, adapter, merge=False)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     make_bidirectional(base, config.bidirectional_layers)
     model = model.to(device).eval()

@@ -21,7 +21,7 @@ from bellm_search.encoder.adapter import (  # noqa: F401 - re-exported
     read_adapter,
     write_adapter_json,
 )
-from bellm_search.errors import ConfigError, ModelError
+from bellm_search.errors import BellmError, ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,29 @@ def _not_found(path: str, exc: Exception) -> str:
 
 
 # ----------------------------------------------------------------------------- adapters
+def load_merged_model(path: str, adapter: Path, dtype: torch.dtype, attn_implementation: str | None) -> nn.Module:
+    """The base model with ``adapter`` merged, from the merged-model cache when the base is a local
+    folder (encoder/model_cache.py: the same tensors, without peft); built and stored otherwise."""
+    from bellm_search.encoder import model_cache
+
+    key = None
+    if model_cache.enabled() and Path(path).is_dir():
+        key = model_cache.cache_key(Path(path), Path(adapter), str(dtype).removeprefix("torch."))
+        hit = model_cache.lookup(key) if key is not None else None
+        if hit is not None:
+            try:
+                return load_base_model(str(hit), dtype, attn_implementation)
+            except ModelError as exc:  # removed or damaged under us: rebuild it
+                log.warning("merged-model cache entry %s unusable (%s); merging again", hit, exc)
+    model = apply_adapter(load_base_model(path, dtype, attn_implementation), Path(adapter), merge=True)
+    if key is not None:
+        try:
+            model_cache.store(model, key)
+        except (OSError, BellmError) as exc:  # a read-only or full cache folder only costs time
+            log.warning("could not cache the merged model (%s)", exc)
+    return model
+
+
 def remap_adapter_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapters trained on a ``*ForCausalLM`` name layers ``base_model.model.model.*``; our base
     ``*Model`` has them at ``base_model.model.*``. Strip the extra ``model.`` when needed."""
