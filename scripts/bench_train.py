@@ -5,15 +5,21 @@ Each scheme runs in its own process (peak RSS is per process) for --steps optimi
 micro-batches (seed 42) are written to one bench file, so every scheme sees the same rows in the
 same order. The lower-layer cache of those texts is built once (first scheme) and shared. The
 first step is reported apart (warm-up); s/step is the mean of the others. With --profile, one
-more step runs under torch.profiler and its top operators go to runs/bench_train/profile-<scheme>.txt.
+more step runs under torch.profiler and its top operators go to runs/bench_train/profile-<scheme>.txt
+(--profile packed: only for those schemes, comma-separated).
 
 Schemes (all k = 8, last-token pooling, bf16 autocast where the CPU has bf16):
   today      LoRA on the top 16 layers, lower layers cached, a step's distinct texts in one forward
-             chunk padded to the longest text (the scheme that trained the shipped adapter)
+             chunk padded to the longest text, through transformers' layers and peft's LoRA modules
+             (the scheme that trained the shipped adapter)
   bucketed   the same, the texts in length buckets (pad_slack 1.3: a bucket holds texts at least
              longest / 1.3 tokens long), each padded to its own longest text
   slack2     buckets with pad_slack 2.0 (fewer, wider buckets: the default now)
   plain      LoRA on all 30 layers, no cache, bucketed
+  packed     today's rows and chunk, the top layers on the real tokens only (training/packed.py:
+             no padding outside attention, LoRA without peft's casts, fused q/k/v and gate/up
+             products, the top layer for the pooled token only): the default now
+  packed2    packed, in pad_slack 2.0 length buckets (less padding in attention, ~3x the calls)
 
     flock /tmp/heavy.lock python scripts/bench_train.py [--steps 4] [--schemes today,bucketed] [--profile]
 """
@@ -33,10 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "runs" / "bench_train"
 SCHEMES = {
-    "today": dict(train_layers=16, pad_slack=1e9),
-    "bucketed": dict(train_layers=16, pad_slack=1.3),
-    "slack2": dict(train_layers=16, pad_slack=2.0),
-    "plain": dict(train_layers=None, pad_slack=1.3),
+    "today": dict(train_layers=16, pad_slack=1e9, packed=False),
+    "bucketed": dict(train_layers=16, pad_slack=1.3, packed=False),
+    "slack2": dict(train_layers=16, pad_slack=2.0, packed=False),
+    "plain": dict(train_layers=None, pad_slack=1.3, packed=False),
+    "packed": dict(train_layers=16, pad_slack=1e9, packed=True),
+    "packed2": dict(train_layers=16, pad_slack=2.0, packed=True),
 }
 
 
@@ -72,10 +80,12 @@ def profile_step(run, opt, sched, step: int, path: Path) -> None:
 
     from bellm_search.training.loop import one_step
 
+    t = time.time()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         one_step(run, opt, sched, step)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=48)
-    path.write_text(table + "\n", encoding="utf-8")
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
+    head = f"step {step} under the profiler: {time.time() - t:.2f} s wall, load {open('/proc/loadavg').read().split()[0]}\n"
+    path.write_text(head + table + "\n", encoding="utf-8")
 
 
 def run_scheme(scheme: str, data: Path, steps: int, batch_size: int, threads: int, prof: bool) -> dict:
@@ -90,10 +100,10 @@ def run_scheme(scheme: str, data: Path, steps: int, batch_size: int, threads: in
     run = prepare_run(cfg)
     prep = time.time() - t0
     opt, sched = make_optimizer(run, steps + 1)
-    times = []
+    times, losses = [], []
     for step in range(steps):
         t = time.time()
-        one_step(run, opt, sched, step)
+        losses.append(round(one_step(run, opt, sched, step), 5))
         times.append(time.time() - t)
     if prof:
         profile_step(run, opt, sched, steps, OUT / f"profile-{scheme}.txt")
@@ -102,7 +112,7 @@ def run_scheme(scheme: str, data: Path, steps: int, batch_size: int, threads: in
     return {"scheme": scheme, "prepare_s": round(prep, 1), "first_step_s": round(times[0], 2),
             "s_per_step": round(sum(times[1:]) / max(1, len(times) - 1), 2), "steps": steps,
             "real_tokens_per_step": round(real), "padded_tokens_per_step": round(padded),
-            "peak_rss_mb": round(rss), "threads": threads}
+            "peak_rss_mb": round(rss), "threads": threads, "packed": cfg.packed, "losses": losses}
 
 
 def main() -> int:
@@ -112,7 +122,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--schemes", default="today,bucketed")
     ap.add_argument("--data", type=Path, default=ROOT / "runs" / "data" / "nli.jsonl")
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", nargs="?", const="*", default="", help="profile one more step (of these schemes)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--rows-file", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -122,7 +132,8 @@ def main() -> int:
     rows = bench_rows(args.steps, args.batch_size, args.data)
     for scheme in args.schemes.split(","):
         cmd = [sys.executable, __file__, "--one", scheme, "--rows-file", str(rows), "--steps", str(args.steps),
-               "--batch-size", str(args.batch_size), "--threads", str(args.threads)] + (["--profile"] if args.profile else [])
+               "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+        cmd += ["--profile"] if args.profile == "*" or scheme in args.profile.split(",") else []
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else None
         print(line or f"{scheme}: failed\n{out.stderr[-2000:]}", flush=True)

@@ -83,6 +83,7 @@ class TrainConfig:
     dtype: str = "auto"
     max_batch_tokens: int = 16384
     pad_slack: float = 2.0  # a forward chunk holds texts >= longest / pad_slack tokens (data.plan_chunks; docs/training.md)
+    packed: bool = True  # cached top layers on the real tokens only (packed.py; False: padded, through transformers)
     cache_root: str | None = None  # where lower-layer caches live; None = <cache_dir>/train-cache
     crash_after_step: int | None = None  # testing: raise after this step (after its checkpoint)
     show_progress: bool | None = None
@@ -166,7 +167,8 @@ class Run:
             rows = text_ids[chunk]
             with self.autocast():
                 if self.cache is not None:
-                    vecs = top_forward(self.base, self.start, [self.cache[t] for t in rows], self.cfg.pooling)
+                    vecs = top_forward(self.base, self.start, [self.cache[t] for t in rows], self.cfg.pooling,
+                                       self.cfg.packed)
                 else:
                     vecs = full_forward(self.base, [self.ids[t] for t in rows], self.pad_id, self.cfg.pooling)
             parts.append(vecs.float())

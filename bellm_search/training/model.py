@@ -20,6 +20,7 @@ from bellm_search.encoder.encode import Encoder, pad_batch
 from bellm_search.encoder.loading import load_base_model
 from bellm_search.encoder.pooling import pool
 from bellm_search.errors import ConfigError
+from bellm_search.training.packed import packed_top_forward
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -63,8 +64,19 @@ def lower_states(base: nn.Module, start: int, ids: list[list[int]], pad_id: int)
     return [hidden[i, : len(x)].cpu() for i, x in enumerate(ids)]
 
 
-def top_forward(base: nn.Module, start: int, states: Sequence[torch.Tensor], pooling: str) -> torch.Tensor:
-    """Pooled (B, H) output of layers [start:] + final norm, fed with lower states [(L_i, H)]."""
+def top_forward(base: nn.Module, start: int, states: Sequence[torch.Tensor], pooling: str,
+                packed: bool = True) -> torch.Tensor:
+    """Pooled (B, H) output of layers [start:] + final norm, fed with lower states [(L_i, H)]:
+    on the real tokens only (packed.py) where the model allows it and ``packed``, else padded."""
+    if packed:
+        out = packed_top_forward(base, start, states, pooling)
+        if out is not None:
+            return out
+    return padded_top_forward(base, start, states, pooling)
+
+
+def padded_top_forward(base: nn.Module, start: int, states: Sequence[torch.Tensor], pooling: str) -> torch.Tensor:
+    """``top_forward`` through the Hugging Face layers, the chunk padded to its longest text."""
     dev = _device(base)
     hidden = nn.utils.rnn.pad_sequence(list(states), batch_first=True).to(dev)  # (B, L, H), right-padded
     lengths = torch.tensor([len(s) for s in states], device=dev)

@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 # settings a resumed run may change; a new --max-steps/--epochs re-plans the rest of the decay
 # (a --max-steps at or below the checkpoint's step just writes the adapter from the checkpoint);
-# cache_lower and pad_slack change how a step is computed, not what it computes
+# cache_lower, pad_slack and packed change how a step is computed, not what it computes
 RESUME_IGNORED = {"resume", "crash_after_step", "show_progress", "checkpoint_every", "device", "cache_root",
-                  "dev", "dev_every", "max_steps", "epochs", "cache_lower", "pad_slack"}
+                  "dev", "dev_every", "max_steps", "epochs", "cache_lower", "pad_slack", "packed"}
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
