@@ -380,7 +380,8 @@ def test_near_duplicates_apply_the_shipped_calibration_only_to_its_own_encoder(s
     shipped = read_calibration(SHIPPED)
     same = near_duplicate_calibration(SimpleNamespace(path=ROOT / "no-such-dir",
                                                       manifest={"encoder": {"adapter_sha256": shipped["adapter_sha256"]}}))
-    assert same.threshold == pytest.approx(PairModel.from_dict(shipped["model"]).cosine_threshold)
+    assert same.threshold == pytest.approx(PairModel.from_dict(shipped["model"]).threshold)  # the pair model's
+    assert same.decision.model == PairModel.from_dict(shipped["model"])
     other = near_duplicate_calibration(SimpleNamespace(path=ROOT / "no-such-dir",
                                                        manifest={"encoder": {"model": "m", "adapter_sha256": None}}))
     assert other.threshold is None and '"threshold"' in other.reason

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -25,6 +25,11 @@ def ingest(
     near_duplicate_threshold: Annotated[Optional[float], typer.Option(
         "--near-duplicate-threshold", min=-1.0, max=1.0,
         help="Record a new document as a near duplicate (stored, no vector) when its cosine to a stored one is >= this.")] = None,
+    near_duplicates: Annotated[bool, typer.Option(
+        "--near-duplicates",
+        help="Record a new document as a near duplicate (stored, no vector, linked to its first copy) when the "
+             "collection's calibrated pair model says so (needs a calibration fitting the encoder: the shipped one, "
+             "or `bellm-search label` + `calibrate`).")] = False,
     normalize: NormalizeOpt = False,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Documents per durable commit.")] = 2048,
     from_embeddings: Annotated[Optional[Path], typer.Option("--from-embeddings", help="Build from embedding shards (emb/ + meta/) made anywhere; no encoding.")] = None,
@@ -41,10 +46,11 @@ def ingest(
 
     path = collection_folder(collection)
     opts = encoder_options(model, adapter, bidirectional_layers, pooling, prompt, max_length, batch_size, device, dtype)
+    near_model = _near_model(path, opts, from_embeddings, near_duplicate_threshold) if near_duplicates else None
     if from_embeddings is not None or engine == "ray":
         _ingest_distributed(path, corpora, from_embeddings, engine, opts, text_field, id_field, skip_invalid,
-                            chunk_size, normalize, near_duplicate_threshold, address, num_encoders, gpus_per_encoder,
-                            not no_wait, as_json)
+                            chunk_size, normalize, (near_duplicate_threshold, near_model), address, num_encoders,
+                            gpus_per_encoder, not no_wait, as_json)
         return
     if not corpora:
         from bellm_search.errors import ConfigError
@@ -61,9 +67,13 @@ def ingest(
     records = (rec for corpus in corpora for rec in read_corpus(corpus, options, read))
     with coll, progress_bar("ingest") as bar:
         stats = coll.ingest(records, chunk_size=chunk_size, skip_near_duplicates=near_duplicate_threshold,
-                            progress=bar.update, wait=not no_wait)
+                            near_model=near_model, progress=bar.update, wait=not no_wait)
         total = coll.store.count()
     stats.invalid = read.invalid
+    _say_ingested(path, stats, read, total, as_json)
+
+
+def _say_ingested(path: Path, stats: Any, read: Any, total: int, as_json: bool) -> None:
     for problem in read.problems:
         note(f"skipped {problem}")
     rate = (stats.added + stats.exact_duplicates + stats.near_duplicates) / max(stats.seconds, 1e-9)
@@ -76,11 +86,44 @@ def ingest(
     emit({**stats.to_dict(), "blank_lines": read.blank, "collection": str(path), "documents": total}, as_json)
 
 
+def _near_model(path: Path, opts: dict, shards: Optional[Path], threshold: Optional[float]) -> Any:
+    """``decision_for`` (the collection's calibrated pair model, for ``--near-duplicates``), once it
+    is checked, before anything is read or encoded, that a calibration fits the encoder: the
+    collection's, or the one a new collection will get (from the options, else the shards)."""
+    from types import SimpleNamespace
+
+    from bellm_search.collection.manifest import MANIFEST, encoder_identity, read_manifest
+    from bellm_search.dedup.calibration import CalibrationMismatch, decision_for
+    from bellm_search.errors import ConfigError
+
+    if threshold is not None:
+        raise ConfigError("give --near-duplicates (the calibrated pair model) or --near-duplicate-threshold "
+                          "(a cosine), not both")
+    new = not (path / MANIFEST).is_file()
+    if not new:
+        manifest = read_manifest(path)
+    elif shards is not None and not opts:
+        from bellm_search.distributed.shards import read_config
+
+        manifest = {"encoder": read_config(shards)["encoder"]}
+    else:
+        from bellm_search.encoder.resolve import resolve_config
+
+        manifest = {"encoder": encoder_identity(resolve_config(**opts))}
+    try:
+        decision_for(SimpleNamespace(path=path, manifest=manifest))
+    except CalibrationMismatch as exc:
+        first = " (a new collection: ingest it without --near-duplicates first)" if new else ""
+        raise CalibrationMismatch(f"--near-duplicates: {exc}{first}".replace("--threshold", "--near-duplicate-threshold")) from None
+    return decision_for
+
+
 def _ingest_distributed(path, corpora, from_embeddings, engine, opts, text_field, id_field, skip_invalid,
-                        chunk_size, normalize, near, address, num_encoders, gpus, wait, as_json) -> None:
+                        chunk_size, normalize, near_rule, address, num_encoders, gpus, wait, as_json) -> None:
     from bellm_search.distributed import ingest as distributed
     from bellm_search.errors import ConfigError
 
+    near, near_model = near_rule
     if from_embeddings is not None:
         if corpora:
             raise ConfigError("--from-embeddings takes its documents from the shards: give no CORPUS")
@@ -88,12 +131,13 @@ def _ingest_distributed(path, corpora, from_embeddings, engine, opts, text_field
                       id_field=id_field, skip_invalid=skip_invalid, address=address)
         stats = distributed.ingest_from_embeddings(path, from_embeddings, encoder_options=opts or None,
                                                    chunk_size=chunk_size, normalize_social=normalize,
-                                                   skip_near_duplicates=near, wait=wait)
+                                                   skip_near_duplicates=near, near_model=near_model, wait=wait)
     else:
         _, stats = distributed.ingest_with_ray(path, list(corpora), encoder_options=opts, address=address,
                                                num_encoders=num_encoders, gpus_per_encoder=gpus, text_field=text_field or "text",
                                                id_field=id_field or "id", skip_invalid=skip_invalid, chunk_size=chunk_size,
-                                               normalize_social=normalize, skip_near_duplicates=near, wait=wait)
+                                               normalize_social=normalize, skip_near_duplicates=near,
+                                               near_model=near_model, wait=wait)
     note(f"{path}: added {stats.added}, skipped (known id) {stats.skipped_known}, exact duplicates "
          f"{stats.exact_duplicates}, near duplicates {stats.near_duplicates} in {stats.seconds:.1f}s")
     emit({**stats.to_dict(), "collection": str(path)}, as_json)

@@ -126,14 +126,17 @@ class Collection:
     # ------------------------------------------------------------------ operations
     def ingest(self, records: Iterable[Record | dict[str, Any]], *, chunk_size: int = 2048,
                skip_near_duplicates: float | None = None, progress: Callable[[int], Any] | None = None,
-               wait: bool = True, vectors: np.ndarray | None = None) -> ingesting.IngestStats:
+               wait: bool = True, vectors: np.ndarray | None = None,
+               near_model: Callable[[Any], ingesting.NearModel] | None = None) -> ingesting.IngestStats:
         """Add records; known ids are skipped, exact duplicates recorded without encoding.
 
         ``vectors`` (n, dim), aligned with ``records``, skips the encoder (embeddings made elsewhere
-        with the same encoder)."""
+        with the same encoder). Near duplicates (stored without a vector, linked to their first
+        copy): ``skip_near_duplicates`` a cosine threshold, or ``near_model`` a function of this
+        collection giving the pair-model decision (``dedup.calibration.decision_for``)."""
         self.check_writable()
         return ingesting.ingest(self, records, chunk_size=chunk_size, near=skip_near_duplicates,
-                                progress=progress, wait=wait, vectors=vectors)
+                                progress=progress, wait=wait, vectors=vectors, near_model=near_model)
 
     def delete(self, source_ids: Iterable[str], wait: bool = True) -> tuple[int, list[str]]:
         """Tombstone documents by source id; returns (deleted, unknown ids)."""

@@ -2,10 +2,14 @@
 
 A chunk's records and vectors commit together, so a crash at any point loses nothing and
 duplicates nothing; re-running an ingest skips the source ids already stored. Exact duplicates
-(same normalised text) are linked to their first copy and never encoded; near duplicates (cosine
->= a threshold) are linked likewise when asked. The index only ever holds committed vectors, read
-back from the store (fp16), so it equals an index rebuilt from the store. Functions take the open
-``Collection`` (``coll``).
+(same normalised text) are linked to their first copy and never encoded; near duplicates are
+linked likewise when asked: by a cosine threshold, or by the collection's calibrated pair model
+(a ``NearModel``, built by the caller from ``dedup.calibration``, which sits above this package).
+A near link keeps the cosine (``dedup`` re-scores near links from it with the decision it applies);
+the record's ``dup_score`` is the score that decided at ingest: the cosine, or the pair model's
+probability (then ``dup_cosine`` holds the cosine). The index only ever holds committed vectors,
+read back from the store (fp16), so it equals an index rebuilt from the store. Functions take the
+open ``Collection`` (``coll``).
 """
 from __future__ import annotations
 
@@ -13,20 +17,34 @@ import logging
 import time
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from bellm_search.collection.copies import promote_first_copies, shingle_bytes
 from bellm_search.collection.lock import writer_lock
 from bellm_search.corpus import Record, document_problem
-from bellm_search.errors import CollectionError, CorpusError
+from bellm_search.errors import CollectionError, ConfigError, CorpusError
 from bellm_search.pairs.normalize import text_hash
 
 log = logging.getLogger(__name__)
 NAMED = 10  # repeated ids named one by one; the rest only counted
+NEAR_CANDIDATES = 5  # neighbours (stored, and earlier in the chunk) the pair model compares a new document with
+NEAR_LINK_MAX = 0.999999  # a near link's score stays < 1 (1 = an exact copy), in float32 and at 6 decimals
+
+
+class NearModel(Protocol):
+    """What ingest needs of a pair-model decision (``dedup.calibration.Decision`` is one)."""
+
+    threshold: float  # a probability
+
+    @property
+    def candidate_cosine(self) -> float: ...
+
+    def text_probabilities(self, cosines: np.ndarray, texts_a: Sequence[str | None],
+                           texts_b: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -107,9 +125,12 @@ class Origins:
 
 def ingest(coll: Any, records: Iterable[Record | dict[str, Any]], *, chunk_size: int = 2048,
            near: float | None = None, progress: Callable[[int], Any] | None = None, wait: bool = True,
-           vectors: np.ndarray | None = None) -> IngestStats:
+           vectors: np.ndarray | None = None, near_model: Callable[[Any], NearModel] | None = None) -> IngestStats:
     """See ``Collection.ingest``."""
+    if near is not None and near_model is not None:
+        raise ConfigError("near duplicates by a cosine threshold or by the calibrated pair model: give one, not both")
     stats, start = IngestStats(), time.perf_counter()
+    rule: float | NearModel | None = near_model(coll) if near_model is not None else near  # fails before any write
     state = coll.index_state
     if isinstance(records, (list, tuple)):  # a request: all valid, or nothing stored
         records = [to_record(item, n) for n, item in enumerate(records, start=1)]
@@ -119,7 +140,7 @@ def ingest(coll: Any, records: Iterable[Record | dict[str, Any]], *, chunk_size:
         try:
             for chunk in chunks(records, chunk_size):
                 given = None if vectors is None else vectors[offset:offset + len(chunk)]
-                ingest_chunk(coll, chunk, stats, near, given, run)
+                ingest_chunk(coll, chunk, stats, rule, given, run)
                 offset += len(chunk)
                 if progress:
                     progress(len(chunk))
@@ -139,22 +160,24 @@ def stored(stats: IngestStats) -> int:
     return stats.added + stats.exact_duplicates + stats.near_duplicates
 
 
-def ingest_chunk(coll: Any, chunk: list[Record], stats: IngestStats, near: float | None,
+def ingest_chunk(coll: Any, chunk: list[Record], stats: IngestStats, near: float | NearModel | None,
                  given: np.ndarray | None = None, run: Origins | None = None) -> None:
-    """One transaction: the chunk's new records, vectors and duplicate links; then the index."""
+    """One transaction: the chunk's new records, vectors and duplicate links; then the index.
+    ``near``: a cosine threshold, or a ``NearModel``, for near duplicates (None: none)."""
     store = coll.store
     run = run or Origins(store)
     with store.writer() as w:
         fresh, followers = plan_chunk(w, chunk, stats, coll.social, run)
         vecs = vectors_for(coll, fresh, chunk, given)
-        dup_of = near_duplicates(coll, vecs, near) if near is not None else {}
+        dup_of = find_near(coll, vecs, [rec.text for rec, _ in fresh], near)
         first_of_row: dict[int, int] = {}  # row -> int id its exact copies point to
         added_ids: list[int] = []
         for row, (rec, h) in enumerate(fresh):
             if row in dup_of:
-                target, score = dup_of[row]
+                target, score, cos = dup_of[row]
                 target = target if target >= 0 else first_of_row[-target - 1]
-                run.add(w, rec, _doc(rec, dup_of=target, score=score), text_hash=h, dup_of=(target, score))
+                doc = _doc(rec, dup_of=target, score=min(score, NEAR_LINK_MAX), cosine=None if score == cos else cos)
+                run.add(w, rec, doc, text_hash=h, dup_of=(target, min(cos, NEAR_LINK_MAX)))
                 first_of_row[row] = target
                 stats.near_duplicates += 1
             else:
@@ -235,8 +258,19 @@ def taken(w: Any, rec: Record, in_chunk: Record | None, stats: IngestStats, run:
     return True
 
 
+def find_near(coll: Any, vecs: np.ndarray, texts: list[str],
+              near: float | NearModel | None) -> dict[int, tuple[int, float, float]]:
+    """Rows of ``vecs`` that duplicate a stored doc (id >= 0) or an earlier row (-(row+1)), each
+    with (target, the score that decided, cosine): the cosine twice, or the probability and the cosine."""
+    if near is None or not len(vecs):
+        return {}
+    if isinstance(near, (int, float)):
+        return {row: (t, c, c) for row, (t, c) in near_duplicates(coll, vecs, float(near)).items()}
+    return model_near_duplicates(coll, vecs, texts, near)
+
+
 def near_duplicates(coll: Any, vecs: np.ndarray, threshold: float) -> dict[int, tuple[int, float]]:
-    """Rows of ``vecs`` that duplicate a stored doc (id >= 0) or an earlier row (-(row+1))."""
+    """Rows of ``vecs`` that duplicate a stored doc (id >= 0) or an earlier row (-(row+1)), by cosine."""
     out: dict[int, tuple[int, float]] = {}
     if len(vecs) and coll.index_state.index.ntotal:
         D, I = coll.search_vectors(vecs, 1)
@@ -254,6 +288,51 @@ def near_duplicates(coll: Any, vecs: np.ndarray, threshold: float) -> dict[int, 
                 continue
         kept.append(row)
     return out
+
+
+def model_near_duplicates(coll: Any, vecs: np.ndarray, texts: list[str],
+                          model: NearModel) -> dict[int, tuple[int, float, float]]:
+    """Rows judged duplicates by the pair model: a row's candidates are its ``NEAR_CANDIDATES``
+    nearest stored documents and earlier rows at cosine >= ``model.candidate_cosine``; it duplicates
+    the most probable candidate at or above ``model.threshold`` (an earlier row only if that row is
+    added, not itself a duplicate). Values: (target, probability, cosine)."""
+    rows, targets, cos = near_candidates(coll, vecs, model.candidate_cosine)
+    if not len(rows):
+        return {}
+    stored = np.unique(targets[targets >= 0])
+    text_of = dict(zip(stored.tolist(), ((d or {}).get("text") for d in coll.store.get_docs(stored.tolist()))))
+    other = [text_of[int(t)] if t >= 0 else texts[-int(t) - 1] for t in targets]
+    _, prob = model.text_probabilities(cos, [texts[int(r)] for r in rows], other)
+    out: dict[int, tuple[int, float, float]] = {}
+    for n in np.lexsort((-prob, rows)):  # by row, the most probable candidate first
+        row, target = int(rows[n]), int(targets[n])
+        if row in out or prob[n] < model.threshold or (target < 0 and -target - 1 in out):
+            continue
+        out[row] = (target, float(prob[n]), float(cos[n]))
+    return out
+
+
+def near_candidates(coll: Any, vecs: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, target, cosine) of each row's ``NEAR_CANDIDATES`` nearest stored documents (target =
+    int id) and nearest earlier rows (target = -(row+1)) at cosine >= ``floor``."""
+    rows, targets, cos = [], [], []
+    if coll.index_state.index.ntotal:
+        D, I = coll.search_vectors(vecs, NEAR_CANDIDATES)
+        hit = (I >= 0) & (D >= floor)
+        rows.append(np.nonzero(hit)[0])
+        targets.append(I[hit].astype(np.int64))
+        cos.append(D[hit].astype(np.float64))
+    sims = vecs @ vecs.T
+    r, c = np.nonzero(np.tril(sims >= floor, k=-1))  # earlier rows only
+    s = sims[r, c].astype(np.float64)
+    order = np.lexsort((-s, r))  # by row, nearest first: keep the first NEAR_CANDIDATES of each row
+    r, c, s = r[order], c[order], s[order]
+    rank = np.arange(len(r)) - np.searchsorted(r, r)
+    keep = rank < NEAR_CANDIDATES
+    rows.append(r[keep])
+    targets.append(-(c[keep].astype(np.int64) + 1))
+    cos.append(s[keep])
+    return np.concatenate(rows), np.concatenate(targets), np.concatenate(cos)
 
 
 def delete(coll: Any, source_ids: Iterable[str], wait: bool = True) -> tuple[int, list[str]]:
@@ -283,9 +362,12 @@ def delete(coll: Any, source_ids: Iterable[str], wait: bool = True) -> tuple[int
     return len(targets), unknown
 
 
-def _doc(rec: Record, dup_of: int | None = None, score: float | None = None) -> dict[str, Any]:
+def _doc(rec: Record, dup_of: int | None = None, score: float | None = None,
+         cosine: float | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {"text": rec.text, "meta": rec.meta}
     if dup_of is not None:
         doc["dup_of"] = int(dup_of)
         doc["dup_score"] = round(float(score), 6) if score is not None else None
+        if cosine is not None:
+            doc["dup_cosine"] = round(float(cosine), 6)
     return doc

@@ -50,11 +50,12 @@ def _open_or_create(path: Path, info: dict[str, Any], encoder_options: EncoderOp
 def ingest_from_embeddings(collection_path: Path, shards_dir: Path, *, encoder_options: EncoderOptions | None = None,
                            chunk_size: int = 2048, normalize_social: bool = False,
                            skip_near_duplicates: float | None = None, progress: Callable[[int], Any] | None = None,
-                           wait: bool = True) -> IngestStats:
+                           wait: bool = True, near_model: Callable[[Any], Any] | None = None) -> IngestStats:
     """Build or extend a collection from shards (read in order, a chunk at a time), encoding nothing.
 
     New collections take the encoder the shards record (or ``encoder_options``, which must describe
-    the same space); existing ones must match it. Known ids are skipped, so re-running resumes."""
+    the same space); existing ones must match it. Known ids are skipped, so re-running resumes.
+    Near duplicates: ``skip_near_duplicates`` (a cosine) or ``near_model``, as ``Collection.ingest``."""
     shards_dir = Path(shards_dir)
     info = shards.read_config(shards_dir)
     pairs = shards.list_shards(shards_dir)
@@ -72,7 +73,8 @@ def ingest_from_embeddings(collection_path: Path, shards_dir: Path, *, encoder_o
     vectors = shards.ConcatRows([shards.read_vectors(emb) for emb, _ in pairs])
     with _open_or_create(Path(collection_path), info, encoder_options, normalize_social) as coll:
         stats = coll.ingest(records, vectors=vectors, chunk_size=chunk_size,
-                            skip_near_duplicates=skip_near_duplicates, progress=progress, wait=wait)
+                            skip_near_duplicates=skip_near_duplicates, near_model=near_model, progress=progress,
+                            wait=wait)
     stats.invalid = invalid
     return stats
 
@@ -82,8 +84,8 @@ def ingest_with_ray(collection_path: Path, inputs: list[str], *, encoder_options
                     gpus_per_encoder: float = 0.0, text_field: str = "text", id_field: str = "id",
                     batch_size: int = 256, skip_invalid: bool = False, chunk_size: int = 2048,
                     normalize_social: bool = False, skip_near_duplicates: float | None = None,
-                    progress: Callable[[int], Any] | None = None,
-                    wait: bool = True) -> tuple[dict[str, Any], IngestStats]:
+                    progress: Callable[[int], Any] | None = None, wait: bool = True,
+                    near_model: Callable[[Any], Any] | None = None) -> tuple[dict[str, Any], IngestStats]:
     """``ingest --engine ray``: embed with Ray into shards, then ingest them. Without ``shards_dir``
     the shards go to a temporary folder beside the collection, removed afterwards."""
     from bellm_search.collection.core import Collection
@@ -104,7 +106,7 @@ def ingest_with_ray(collection_path: Path, inputs: list[str], *, encoder_options
                                            id_field=id_field, batch_size=batch_size, skip_invalid=skip_invalid)
         stats = ingest_from_embeddings(collection_path, where, encoder_options=config, chunk_size=chunk_size,
                                        normalize_social=normalize_social, skip_near_duplicates=skip_near_duplicates,
-                                       progress=progress, wait=wait)
+                                       near_model=near_model, progress=progress, wait=wait)
     finally:
         if temp:
             shutil.rmtree(temp, ignore_errors=True)

@@ -118,7 +118,7 @@ def _routes(app: Any, service: Any) -> None:
         return {"results": await service.search(body.given(), body.k, body.nprobe, where_strings(body.where))}
 
     @app.post("/near-duplicates", response_model=m.NearDuplicatesOut, responses=errors,
-              summary="Stored documents whose cosine to each text is >= threshold (empty list: none)")
+              summary="Stored near duplicates of each text: the calibrated pair model, or cosine >= threshold (empty list: none)")
     async def near_duplicates(body: m.NearDuplicatesIn) -> Any:
         return await service.near_duplicates(body.given(), body.threshold, body.k, body.nprobe)
 
@@ -130,7 +130,8 @@ def _routes(app: Any, service: Any) -> None:
     @app.post("/documents", response_model=m.IngestOut, responses=errors,
               summary="Add documents (answered once they are durable; known ids are skipped)")
     async def add_documents(body: m.DocumentsIn) -> Any:
-        return await service.add([d.model_dump() for d in body.documents], body.skip_near_duplicates)
+        return await service.add([d.model_dump() for d in body.documents], body.skip_near_duplicates,
+                                 body.near_duplicates)
 
     @app.delete("/documents/{doc_id:path}", response_model=m.DeleteOut, responses={**errors, 404: {"model": m.ErrorOut}},
                 summary="Delete a document by its source id")

@@ -41,8 +41,9 @@ class EmbedIn(Texts):
 class NearDuplicatesIn(Texts):
     threshold: Optional[float] = Field(
         None, ge=-1.0, le=1.0,
-        description="Cosine threshold. Default: the calibrated cosine-only threshold, only for the encoder it was "
-                    "calibrated for; any other encoder must give one.")
+        description="Cosine threshold (pure cosine). Default: the calibrated pair model (cosine and lexical "
+                    "features -> a probability, each hit with its `probability`), only for the encoder it was "
+                    "calibrated for; any other encoder must give a threshold.")
     k: int = Field(10, ge=1, description="Neighbours examined per text.")
     nprobe: Optional[int] = Field(None, ge=1)
 
@@ -58,6 +59,16 @@ class DocumentsIn(BaseModel):
     documents: list[DocumentIn] = Field(description="Records: id, text, any other fields are metadata.")
     skip_near_duplicates: Optional[float] = Field(
         None, ge=-1.0, le=1.0, description="Record a document as a duplicate when its cosine to a stored one is >= this.")
+    near_duplicates: StrictBool = Field(
+        False, description="Record a document as a duplicate when the calibrated pair model says so (as `ingest "
+                           "--near-duplicates`); not with skip_near_duplicates.")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "DocumentsIn":
+        if self.near_duplicates and self.skip_near_duplicates is not None:
+            raise ValueError("give 'near_duplicates' (the calibrated pair model) or 'skip_near_duplicates' (a cosine), "
+                             "not both")
+        return self
 
 
 # ----------------------------------------------------------------------------- responses
@@ -72,9 +83,16 @@ class ResultsOut(BaseModel):
     results: list[list[HitOut]] = Field(description="One list of hits per input text, best first.")
 
 
-class NearDuplicatesOut(ResultsOut):
-    threshold: float
-    threshold_source: str = Field(description="'request', or 'calibration' (the calibrated default for this encoder).")
+class NearHitOut(HitOut):
+    probability: Optional[float] = Field(
+        None, description="P(duplicate) from the calibrated pair model (null with a request threshold: pure cosine).")
+
+
+class NearDuplicatesOut(BaseModel):
+    results: list[list[NearHitOut]] = Field(description="One list per input text: its near duplicates (empty: none).")
+    threshold: float = Field(description="The request's cosine threshold, or the pair model's probability threshold.")
+    threshold_source: str = Field(description="'request' (pure cosine), or 'calibration' (the calibrated pair model "
+                                              "for this encoder).")
 
 
 class EmbedOut(BaseModel):

@@ -138,28 +138,38 @@ class Service:
         hits = await self.read(self.coll.query_vectors, xq, k, nprobe=nprobe, where=where)
         return [[h.to_dict() for h in row] for row in hits]
 
-    def near_duplicate_threshold(self, given: Optional[float]) -> tuple[float, str]:
-        """(threshold, 'request' | 'calibration'); 422 when none is given and the calibration was
-        made for another encoder than this collection's."""
-        if given is not None:
-            return given, "request"
-        if self.calibration.threshold is None:
-            raise http_error(422, f"give \"threshold\": {self.calibration.reason}")
-        return self.calibration.threshold, "calibration"
+    def near_decision(self, field: str) -> Any:
+        """The calibrated pair-model decision; 422 (give ``field``, a cosine, instead) when no
+        calibration fits this collection's encoder."""
+        if self.calibration.decision is None:
+            reason = self.calibration.reason.replace('"threshold"', f'"{field}"')
+            raise http_error(422, f'give "{field}": {reason}')
+        return self.calibration.decision
 
     async def near_duplicates(self, texts: list[str], threshold: Optional[float], k: int,
                               nprobe: Optional[int]) -> dict[str, Any]:
-        value, source = self.near_duplicate_threshold(threshold)
+        """Each text's stored near duplicates: hits at cosine >= ``threshold`` (the request's), else
+        those the calibrated pair model judges duplicates (each with its probability)."""
+        decision = self.near_decision("threshold") if threshold is None else None
         rows = await self.search(texts, k, nprobe, None)
-        return {"threshold": value, "threshold_source": source,
-                "results": [[h for h in row if h["score"] >= value] for row in rows]}
+        if decision is None:
+            return {"threshold": threshold, "threshold_source": "request",
+                    "results": [[h for h in row if h["score"] >= threshold] for row in rows]}
+        from starlette.concurrency import run_in_threadpool
+
+        results = await run_in_threadpool(judged_hits, decision, texts, rows)
+        return {"threshold": decision.threshold, "threshold_source": "calibration", "results": results}
 
     async def embed(self, texts: list[str]) -> Any:
         self.check_texts(texts)
         return await self.within(self.batcher.encode(texts))
 
-    async def add(self, records: list[dict[str, Any]], near: Optional[float]) -> dict[str, Any]:
-        """Encode the records not stored yet (micro-batched), then ingest them with those vectors."""
+    async def add(self, records: list[dict[str, Any]], near: Optional[float], near_model: bool = False) -> dict[str, Any]:
+        """Encode the records not stored yet (micro-batched), then ingest them with those vectors.
+        Near duplicates: ``near`` a cosine threshold, or ``near_model`` the calibrated pair model."""
+        if near_model:
+            decision = self.near_decision("skip_near_duplicates")
+            near = lambda _coll: decision  # noqa: E731  (Collection.ingest's near_model)
         self.check_documents(records)
         for r in records:
             r["id"] = str(r["id"])
@@ -170,10 +180,12 @@ class Service:
         stats["skipped_known"] += len(records) - len(fresh)
         return stats
 
-    def _ingest(self, fresh: list[dict[str, Any]], vecs: Any, near: Optional[float]) -> dict[str, Any]:
+    def _ingest(self, fresh: list[dict[str, Any]], vecs: Any, near: Any) -> dict[str, Any]:
+        """``near``: a cosine threshold, or a ``Collection.ingest`` near_model (a function), or None."""
         out = {"added": 0, "skipped_known": 0, "exact_duplicates": 0, "near_duplicates": 0}
         if fresh:
-            stats = self.coll.ingest(fresh, vectors=vecs, skip_near_duplicates=near).to_dict()
+            rule = {"near_model": near} if callable(near) else {"skip_near_duplicates": near}
+            stats = self.coll.ingest(fresh, vectors=vecs, **rule).to_dict()
             out = {k: stats[k] for k in out}
         out["documents"] = self.coll.store.count()
         return out
@@ -190,13 +202,31 @@ class Service:
         return data
 
 
+def judged_hits(decision: Any, texts: list[str], rows: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Per text, its hits the pair model judges duplicates: at cosine >= the decision's candidate
+    cosine, with the probability of (text, hit text) at or above its threshold; each hit gets its
+    ``probability``; most probable first."""
+    import numpy as np
+
+    pairs = [(q, h) for q, row in zip(texts, rows) for h in row if h["score"] >= decision.candidate_cosine]
+    if pairs:
+        _, prob = decision.text_probabilities(np.array([h["score"] for _, h in pairs]), [q for q, _ in pairs],
+                                              [h["text"] for _, h in pairs])
+        for (_, h), p in zip(pairs, prob.tolist()):
+            h["probability"] = p
+    kept = [[h for h in row if h.get("probability", -1.0) >= decision.threshold] for row in rows]
+    return [sorted(row, key=lambda h: -h["probability"]) for row in kept]
+
+
 @dataclass
 class NearCalibration:
-    """The cosine threshold /near-duplicates uses when a request gives none; None (with the reason)
-    when no calibration was made for this collection's encoder."""
+    """The pair-model decision /near-duplicates (and /documents with "near_duplicates") applies when
+    a request gives no cosine threshold, and its probability threshold; None (with the reason) when
+    no calibration was made for this collection's encoder."""
 
     threshold: Optional[float]
     reason: str
+    decision: Any = None
 
 
 def near_duplicate_calibration(coll: Any) -> NearCalibration:
@@ -206,7 +236,7 @@ def near_duplicate_calibration(coll: Any) -> NearCalibration:
     from bellm_search.errors import ConfigError
 
     try:
-        decision = decision_for(coll, pure_cosine=True, strict=True)
+        decision = decision_for(coll, strict=True)
     except ConfigError as exc:  # no calibration for this encoder (or an unreadable one): no default
         return NearCalibration(None, str(exc).replace("--threshold", '"threshold"'))
-    return NearCalibration(decision.threshold, f"cosine threshold of the {decision.source} calibration")
+    return NearCalibration(decision.threshold, f"pair model of the {decision.source} calibration", decision)
