@@ -245,3 +245,21 @@ def test_server_without_calibration_asks_for_a_cosine(client):
         assert "bellm-search calibrate" in add.json()["error"]
         assert c.get("/info").json()["server"]["near_duplicates_calibrated"] is False
         assert c.get("/info").json()["documents"] == 4
+
+
+def test_ingest_from_embeddings_with_near_duplicates(tmp_path, capsys):
+    """`ingest --from-embeddings DIR --near-duplicates`: the shards' vectors, judged by the pair model."""
+    shards = pytest.importorskip("bellm_search.distributed.shards")
+    pytest.importorskip("pyarrow.parquet")
+    with make(tmp_path) as coll:
+        coll.ingest([{"id": "p0", "text": post(0)}])
+        encoder, path = coll.manifest["encoder"], str(coll.path)
+    texts = [paraphrase(0), retweet(0)]
+    rows = shards.ShardRows(np.stack([table()[t] for t in texts]), ["para0", "rt0"], texts, ["{}", "{}"],
+                            ["in.jsonl"] * 2, np.array([1, 2]))
+    shards.write_shard(tmp_path / "emb", 0, rows)
+    shards.write_config(tmp_path / "emb", {"encoder": encoder, "dim": DIM, "shards": 1, "rows": 2})
+    code, err = run_cli(capsys, "ingest", "--from-embeddings", str(tmp_path / "emb"), "-c", path, "--near-duplicates")
+    assert code == 0, err
+    with Collection.open(path, readonly=True, encoder=FakeEncoder(dim=DIM)) as coll:
+        assert first_copy(coll, "rt0") == "p0" and first_copy(coll, "para0") is None
