@@ -44,7 +44,8 @@ def knn_pairs(coll: Any, threshold: float, k: int, nprobe: int | None = None,
 
 
 def _all_vectors(coll: Any) -> tuple[np.ndarray, np.ndarray]:
-    parts = list(coll.store.iter_vectors())
+    """Ids and the stored half-float vectors (half the memory of float32; converted per block)."""
+    parts = list(coll.store.iter_vectors(dtype=np.float16))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -65,62 +66,99 @@ def dedup_nlist(n: int) -> int:
 
 
 def blocked_pairs(ids: np.ndarray, vecs: np.ndarray, threshold: float, k: int, probes: int = 2,
-                  seed: int = 0, rows: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  seed: int = 0, rows: int = 0, workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs >= threshold among vectors that share one of their ``probes`` nearest k-means
-    blocks, at most k per vector and block (its best later rows); exact inner products from dense
-    block products (BLAS).
-    Near duplicates sit next to each other, so they share a nearest block."""
-    from bellm_search.index.factory import training_sample
-    from bellm_search.index.faiss_index import kmeans, nearest_centroids
-
+    blocks, at most k per vector and block (a pair stays when it is among the k best of either
+    side); exact inner products from dense block products (BLAS).
+    Near duplicates sit next to each other, so they share a nearest block. ``rows``: rows per
+    block product (0: a quarter of the block, within ``BLOCK_BYTES``); ``workers``: threads over
+    blocks (None: one per core)."""
     n = len(ids)
-    nblocks = dedup_nlist(n)
-    if nblocks > 1:
-        sample = vecs[training_sample(n, min(n, 64 * nblocks), seed)]
-        assign = nearest_centroids(vecs, kmeans(sample, nblocks, seed, niter=KMEANS_ITER), min(probes, nblocks))
-    else:
-        assign = np.zeros((n, 1), dtype=np.int64)
-    block_of = assign.ravel()
-    row_of = np.repeat(np.arange(n), assign.shape[1])
-    order = np.argsort(block_of, kind="stable")
-    bounds = np.searchsorted(block_of[order], np.arange(nblocks + 1))
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for b in range(nblocks):
-        members = row_of[order[bounds[b]:bounds[b + 1]]]
-        if len(members) > 1:
-            parts.append(_block_pairs(members, vecs, threshold, k, rows))
+    blocks = _blocks(vecs, dedup_nlist(n), probes, seed)
+    work = [m for m in blocks if len(m) > 1]
+    work.sort(key=len, reverse=True)  # the biggest first: threads finish together
+    parts = _map_blocks(lambda m: _block_pairs(m, vecs, threshold, k, rows), work, workers)
     return _merge_pairs(ids, parts)
 
 
-def _block_pairs(members: np.ndarray, vecs: np.ndarray, threshold: float, k: int, rows: int):
-    """Pairs (row positions) >= threshold inside one block: each row against the rows after it
-    (the upper triangle: half the products), top-k per row; i < j after merging."""
-    block = vecs[members]
+def _blocks(vecs: np.ndarray, nblocks: int, probes: int, seed: int) -> list[np.ndarray]:
+    """Row positions of each k-means block; every row joins its ``probes`` nearest blocks."""
+    from bellm_search.index.factory import training_sample
+    from bellm_search.index.faiss_index import kmeans, nearest_centroids
+
+    n = len(vecs)
+    if nblocks <= 1:
+        return [np.arange(n)]
+    sample = vecs[training_sample(n, min(n, 64 * nblocks), seed)].astype(np.float32)
+    centroids = kmeans(sample, nblocks, seed, niter=KMEANS_ITER)
+    p = min(probes, nblocks)
+    step = 1 << 15  # float32 copies of this many rows at a time
+    assign = np.concatenate([nearest_centroids(vecs[s:s + step], centroids, p) for s in range(0, n, step)])
+    block_of = assign.ravel()
+    row_of = np.repeat(np.arange(n), assign.shape[1])
+    order = np.argsort(block_of, kind="stable")  # rows ascending inside a block
+    bounds = np.searchsorted(block_of[order], np.arange(nblocks + 1))
+    return [row_of[order[bounds[b]:bounds[b + 1]]] for b in range(nblocks)]
+
+
+BLOCK_BYTES = 64 << 20  # one block product's float32 matrix at most (per thread)
+
+
+def _map_blocks(fn: Any, blocks: list, workers: int | None) -> list:
+    """``fn`` over blocks: one BLAS thread per block and a thread per core (small products gain
+    little from a threaded BLAS and lose much when the cores are shared); without threadpoolctl
+    one block at a time with the BLAS's own threads."""
+    import os
+
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # not a dependency: the BLAS's own threads, one block at a time
+        return [fn(b) for b in blocks]
+    if workers <= 1 or len(blocks) <= 1:
+        return [fn(b) for b in blocks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, blocks))
+
+
+def _block_pairs(members: np.ndarray, vecs: np.ndarray, threshold: float, k: int, rows: int = 0):
+    """Pairs (row positions) >= threshold inside one block: each chunk of rows against the rows
+    from the chunk on (the upper triangle: about 5/8 of the full product with 4 chunks), only the
+    hits kept (sparse), then at most k per row: a pair stays when it is among the k best pairs of
+    either of its rows in this block; i < j after merging."""
+    block = vecs[members].astype(np.float32, copy=False)
+    m = len(members)
+    rows = rows or min(max(256, -(-m // 4)), max(1, BLOCK_BYTES // (4 * m)))
     out_i, out_j, out_s = [], [], []
-    for s in range(0, len(members) - 1, rows):
-        r = min(rows, len(members) - s)
-        G = block[s:s + r] @ block[s:].T  # (r, m - s) exact inner products, columns from row s on
-        hits = G >= threshold
-        ar = np.arange(r)
-        hits[:, :r] &= ar[None, :] > ar[:, None]  # only j > i inside the square part
-        # every later row also keeps its best earlier partner of this chunk, so the top-k cut of a
-        # crowded row never cuts a row off its cluster (what a full, symmetric top-k gave)
-        cols = np.nonzero(hits.any(0))[0]
-        back = np.where(hits[:, cols], G[:, cols], -np.inf).argmax(0) if len(cols) else cols
-        crowded = np.nonzero(hits.sum(1) > k)[0]  # only these rows need a top-k selection
-        if len(crowded):
-            sub = np.where(hits[crowded], G[crowded], -np.inf)
-            keep = np.argpartition(-sub, k - 1, axis=1)[:, :k]
-            hits[crowded] = False
-            hits[crowded[:, None], keep] = sub[np.arange(len(crowded))[:, None], keep] >= threshold
-        hits[back, cols] = True
-        i, j = np.nonzero(hits)
-        out_i.append(members[s + i])
-        out_j.append(members[s + j])
+    for s in range(0, m - 1, rows):
+        G = block[s:s + rows] @ block[s:].T  # (r, m - s): column c is row s + c
+        i, j = np.nonzero(G >= threshold)
+        later = j > i                         # the square part: only j > i (and never the diagonal)
+        i, j = i[later], j[later]
+        out_i.append(s + i)
+        out_j.append(s + j)
         out_s.append(G[i, j])
-    if not out_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+    i, j, sc = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+    if len(i) > k:
+        keep = _top_k(i, sc, k, m) | _top_k(j, sc, k, m)
+        i, j, sc = i[keep], j[keep], sc[keep]
+    return members[i], members[j], sc
+
+
+def _top_k(group: np.ndarray, score: np.ndarray, k: int, size: int) -> np.ndarray:
+    """Mask of the pairs among the k best of their ``group`` (ties: the first in order)."""
+    if np.bincount(group, minlength=size).max() <= k:
+        return np.ones(len(group), dtype=bool)
+    order = np.lexsort((-score, group))
+    g = group[order]
+    start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    rank = np.arange(len(g)) - np.repeat(start, np.diff(np.r_[start, len(g)]))
+    keep = np.empty(len(g), dtype=bool)
+    keep[order] = rank < k
+    return keep
 
 
 def _merge_pairs(ids: np.ndarray, parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
