@@ -167,16 +167,17 @@ class Service:
     async def add(self, records: list[dict[str, Any]], near: Optional[float], near_model: bool = False) -> dict[str, Any]:
         """Encode the records not stored yet (micro-batched), then ingest them with those vectors.
         Near duplicates: ``near`` a cosine threshold, or ``near_model`` the calibrated pair model."""
+        rule: Any = near
         if near_model:
             decision = self.near_decision("skip_near_duplicates")
-            near = lambda _coll: decision  # noqa: E731  (Collection.ingest's near_model)
+            rule = lambda _coll: decision  # noqa: E731  (Collection.ingest's near_model)
         self.check_documents(records)
         for r in records:
             r["id"] = str(r["id"])
         known = await self.read(self.coll.store.lookup_keys, [r["id"] for r in records])
         fresh = [r for r, int_id in zip(records, known) if int_id is None]  # a known id stays known (kept on delete)
         vecs = await self.within(self.batcher.encode([r["text"] for r in fresh])) if fresh else None
-        stats = await self.write(self._ingest, fresh, vecs, near)  # once started, it finishes and is answered
+        stats = await self.write(self._ingest, fresh, vecs, rule)  # once started, it finishes and is answered
         stats["skipped_known"] += len(records) - len(fresh)
         return stats
 
