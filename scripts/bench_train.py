@@ -16,10 +16,10 @@ Schemes (all k = 8, last-token pooling, bf16 autocast where the CPU has bf16):
              longest / 1.3 tokens long), each padded to its own longest text
   slack2     buckets with pad_slack 2.0 (fewer, wider buckets: the default now)
   plain      LoRA on all 30 layers, no cache, bucketed
-  packed     today's rows and chunk, the top layers on the real tokens only (training/packed.py:
-             no padding outside attention, LoRA without peft's casts, fused q/k/v and gate/up
-             products, the top layer for the pooled token only): the default now
-  packed2    packed, in pad_slack 2.0 length buckets (less padding in attention, ~3x the calls)
+  packed     the top layers on the real tokens only, a step's texts in one chunk (training/packed.py:
+             padding only inside attention, in pad_slack 2.0 buckets; LoRA without peft's casts;
+             fused q/k/v and gate/up products; the top layer for the pooled token only): the default now
+  packed1    packed, attention over the whole chunk padded to its longest text (no buckets)
 
     flock /tmp/heavy.lock python scripts/bench_train.py [--steps 4] [--schemes today,bucketed] [--profile]
 """
@@ -43,8 +43,8 @@ SCHEMES = {
     "bucketed": dict(train_layers=16, pad_slack=1.3, packed=False),
     "slack2": dict(train_layers=16, pad_slack=2.0, packed=False),
     "plain": dict(train_layers=None, pad_slack=1.3, packed=False),
-    "packed": dict(train_layers=16, pad_slack=1e9, packed=True),
-    "packed2": dict(train_layers=16, pad_slack=2.0, packed=True),
+    "packed": dict(train_layers=16, pad_slack=2.0, packed=True),
+    "packed1": dict(train_layers=16, pad_slack=1e9, packed=True),
 }
 
 

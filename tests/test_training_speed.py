@@ -138,3 +138,25 @@ def test_an_adapter_trained_packed_matches_padded_and_loads_in_the_encoder(tmp_p
     np.testing.assert_allclose(enc.encode(SENTENCES), ref.encode(SENTENCES), atol=1e-4)
     # the dev score the packed path measured at the end of training is the encoder's
     assert sts_score(read_sts(dev), enc) == pytest.approx(meta[True]["dev_spearman"], abs=0.02)
+
+
+def test_a_packed_step_is_one_chunk_with_attention_buckets(tmp_path, tiny_llama, monkeypatch):
+    """Run.embed feeds the packed path one chunk (padding only inside attention, in pad_slack
+    buckets) and the padded path its pad_slack chunks; both give the same embeddings."""
+    from test_train import tiny_cfg
+
+    from bellm_search.training import loop, packed
+
+    calls = []
+    real = packed.packed_top_forward
+    monkeypatch.setattr(M, "packed_top_forward", lambda *a: calls.append(len(a[2])) or real(*a))
+    out = {}
+    for flag in (True, False):
+        run = loop.prepare_run(tiny_cfg(tmp_path, tiny_llama, lora_dropout=0.0, packed=flag, pad_slack=1.3,
+                                        dtype="bfloat16"))
+        texts = np.arange(len(run.data.texts))
+        assert run.packed() == flag
+        with torch.no_grad():
+            out[flag] = run.embed(texts)
+    assert calls[0] == len(texts) and len(calls) == 1  # one chunk, on the packed path
+    assert rel(out[True], out[False]) < 1e-2

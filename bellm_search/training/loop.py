@@ -39,6 +39,7 @@ from bellm_search.training.cache import StateCache  # noqa: F401 - re-exported
 from bellm_search.training.data import TrainData, micro_batch, negative_mask, plan_chunks, read_training_data, total_steps
 from bellm_search.training.loss import LossWeights, angle_objective
 from bellm_search.training.model import ALL_LINEAR, build_model, load_lora_weights, full_forward, tokenize_texts, top_forward
+from bellm_search.training.packed import handled
 from bellm_search.training.state import CHECKPOINT, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -159,22 +160,31 @@ class Run:
         return contextlib.nullcontext()
 
     def embed(self, text_ids: np.ndarray) -> torch.Tensor:
-        """(n, H) float32 embeddings of texts ``text_ids``, in length-sorted chunks."""
+        """(n, H) float32 embeddings of texts ``text_ids``, in length-sorted chunks (one chunk on
+        the packed path: padding only in its attention, in ``pad_slack`` buckets)."""
         lengths = np.array([len(self.ids[t]) for t in text_ids])
         parts: list[torch.Tensor] = []
-        chunks = plan_chunks(lengths, self.cfg.max_batch_tokens, self.cfg.pad_slack)
+        slack = 1e9 if self.packed() else self.cfg.pad_slack
+        chunks = plan_chunks(lengths, self.cfg.max_batch_tokens, slack)
         for chunk in chunks:
             rows = text_ids[chunk]
             with self.autocast():
                 if self.cache is not None:
                     vecs = top_forward(self.base, self.start, [self.cache[t] for t in rows], self.cfg.pooling,
-                                       self.cfg.packed)
+                                       self.cfg.packed, self.cfg.pad_slack)
                 else:
                     vecs = full_forward(self.base, [self.ids[t] for t in rows], self.pad_id, self.cfg.pooling)
             parts.append(vecs.float())
         out = torch.cat(parts)
         order = torch.from_numpy(np.argsort(np.concatenate(chunks), kind="stable")).to(out.device)
         return out[order]
+
+    def packed(self) -> bool:
+        """Whether the top layers run packed now (packed.py; not with active LoRA dropout)."""
+        if self.cache is None or not self.cfg.packed:
+            return False
+        with self.autocast():
+            return handled(self.base, self.start, self.cfg.pooling, self.cache.flat.dtype) is not None
 
     def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         d = self.data

@@ -65,11 +65,12 @@ def lower_states(base: nn.Module, start: int, ids: list[list[int]], pad_id: int)
 
 
 def top_forward(base: nn.Module, start: int, states: Sequence[torch.Tensor], pooling: str,
-                packed: bool = True) -> torch.Tensor:
+                packed: bool = True, slack: float = 2.0) -> torch.Tensor:
     """Pooled (B, H) output of layers [start:] + final norm, fed with lower states [(L_i, H)]:
-    on the real tokens only (packed.py) where the model allows it and ``packed``, else padded."""
+    on the real tokens only (packed.py; attention in buckets of texts >= longest / ``slack``
+    tokens) where the model allows it and ``packed``, else padded to the longest text."""
     if packed:
-        out = packed_top_forward(base, start, states, pooling)
+        out = packed_top_forward(base, start, states, pooling, slack)
         if out is not None:
             return out
     return padded_top_forward(base, start, states, pooling)

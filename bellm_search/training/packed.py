@@ -28,12 +28,14 @@ import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from bellm_search.encoder.bidirectional import decoder_layers, layer_owner
 from bellm_search.encoder.pooling import pool
+from bellm_search.training.data import plan_chunks
 
 FAMILIES = ("llama", "mistral", "qwen2")
 _PREPARED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -100,36 +102,53 @@ def rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class Geometry:
-    """Where each packed token sits in the padded (B, L) layout, and the attention masks."""
+class Bucket:
+    """Texts [r0:r1] (tokens [o0:o1] of the packed tensor), padded together for attention."""
 
-    flat: torch.Tensor  # (T,) row * L + position
-    last: torch.Tensor  # (B,) packed index of each text's last token
-    lengths: torch.Tensor
-    B: int
+    r0: int
+    r1: int
+    o0: int
+    o1: int
     L: int
-    key_mask: torch.Tensor  # (B, 1, 1, L) real keys
-    causal_mask: torch.Tensor  # (B, 1, L, L) real keys at or before the query
-    cos: torch.Tensor
+    flat: torch.Tensor  # (o1 - o0,) row * L + position, rows counted from r0
+    key_mask: torch.Tensor  # (r1 - r0, 1, 1, L) real keys
+    causal_mask: torch.Tensor  # (r1 - r0, 1, L, L) real keys at or before the query
+
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
+        """Packed (T, ...) -> this bucket's (rows, L, ...), zeros at padded positions."""
+        rows, rest = self.r1 - self.r0, tuple(t.shape[1:])
+        out = t.new_zeros((rows * self.L,) + rest).index_copy(0, self.flat, t[self.o0:self.o1])
+        return out.view((rows, self.L) + rest)
+
+
+@dataclass
+class Geometry:
+    """The packed texts (sorted longest first), their attention buckets, rotary tables, last tokens."""
+
+    buckets: list[Bucket]
+    last: torch.Tensor  # (B,) packed index of each text's last token
+    B: int
+    cos: torch.Tensor  # (T, d)
     sin: torch.Tensor
 
     @classmethod
-    def of(cls, lengths: list[int], h: torch.Tensor, rotary: nn.Module) -> "Geometry":
+    def of(cls, lengths: list[int], slack: float, h: torch.Tensor, rotary: nn.Module) -> "Geometry":
+        """``lengths`` sorted longest first; a bucket holds texts >= its longest / ``slack`` tokens."""
         dev = h.device
         n = torch.tensor(lengths, device=dev)
-        B, L = len(lengths), max(lengths)
-        starts = torch.cumsum(n, 0) - n
-        pos = torch.arange(int(n.sum()), device=dev) - torch.repeat_interleave(starts, n)
-        flat = torch.repeat_interleave(torch.arange(B, device=dev), n) * L + pos
-        key = (torch.arange(L, device=dev)[None, :] < n[:, None])[:, None, None, :]
-        causal = key & torch.ones(L, L, dtype=torch.bool, device=dev).tril()[None, None]
+        ends = torch.cumsum(n, 0)
+        pos = torch.arange(int(ends[-1]), device=dev) - torch.repeat_interleave(ends - n, n)
+        buckets, r0 = [], 0
+        for chunk in plan_chunks(np.array(lengths), 1 << 62, slack):  # contiguous: lengths are sorted
+            r1, L = r0 + len(chunk), lengths[r0]
+            o0, o1 = int(ends[r0] - n[r0]), int(ends[r1 - 1])
+            rows = torch.repeat_interleave(torch.arange(r1 - r0, device=dev), n[r0:r1])
+            key = (torch.arange(L, device=dev)[None, :] < n[r0:r1, None])[:, None, None, :]
+            causal = key & torch.ones(L, L, dtype=torch.bool, device=dev).tril()[None, None]
+            buckets.append(Bucket(r0, r1, o0, o1, L, rows * L + pos[o0:o1], key, causal))
+            r0 = r1
         cos, sin = rotary(h, pos[None])
-        return cls(flat, starts + n - 1, n, B, L, key, causal, cos[0], sin[0])
-
-    def pad(self, t: torch.Tensor) -> torch.Tensor:
-        """(T, ...) -> (B, L, ...) with zeros at padded positions."""
-        out = t.new_zeros((self.B * self.L,) + tuple(t.shape[1:])).index_copy(0, self.flat, t)
-        return out.view((self.B, self.L) + tuple(t.shape[1:]))
+        return cls(buckets, ends - 1, len(lengths), cos[0], sin[0])
 
 
 class PackedLayer:
@@ -170,17 +189,21 @@ class PackedLayer:
         return self.act(gate) * up
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Geometry) -> torch.Tensor:
-        rep = self.heads // self.kv_heads
-        kp, vp = (g.pad(t).transpose(1, 2) for t in (k, v))  # (B, kv_heads, L, d)
+        outs = [self.attend_bucket(q, k, v, b) for b in g.buckets]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def attend_bucket(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: Bucket) -> torch.Tensor:
+        rows, rep, d = b.r1 - b.r0, self.heads // self.kv_heads, self.hd
+        kp, vp = (b.pad(t).transpose(1, 2) for t in (k, v))  # (rows, kv_heads, L, d)
         if rep > 1:  # as transformers' repeat_kv
-            kp, vp = (t[:, :, None].expand(g.B, self.kv_heads, rep, g.L, self.hd).reshape(g.B, self.heads, g.L, self.hd)
+            kp, vp = (t[:, :, None].expand(rows, self.kv_heads, rep, b.L, d).reshape(rows, self.heads, b.L, d)
                       for t in (kp, vp))
         if self.last_only:  # the last token sees every real key of its text, causal or not
-            out = F.scaled_dot_product_attention(q[:, :, None], kp, vp, attn_mask=g.key_mask, scale=self.scaling)
-            return out.reshape(g.B, self.heads * self.hd)
-        mask = g.causal_mask if getattr(self.attn, "is_causal", True) else g.key_mask
-        out = F.scaled_dot_product_attention(g.pad(q).transpose(1, 2), kp, vp, attn_mask=mask, scale=self.scaling)
-        return out.transpose(1, 2).reshape(g.B * g.L, self.heads * self.hd).index_select(0, g.flat)
+            out = F.scaled_dot_product_attention(q[b.r0:b.r1, :, None], kp, vp, attn_mask=b.key_mask, scale=self.scaling)
+            return out.reshape(rows, self.heads * d)
+        mask = b.causal_mask if getattr(self.attn, "is_causal", True) else b.key_mask
+        out = F.scaled_dot_product_attention(b.pad(q).transpose(1, 2), kp, vp, attn_mask=mask, scale=self.scaling)
+        return out.transpose(1, 2).reshape(rows * b.L, self.heads * d).index_select(0, b.flat)
 
 
 def _prepared(base: nn.Module, start: int, last_only: bool) -> list[PackedLayer] | None:
@@ -199,26 +222,40 @@ def supported(base: nn.Module) -> bool:
             and all(not hasattr(layer.self_attn, "q_norm") for layer in decoder_layers(base)))
 
 
-def packed_top_forward(base: nn.Module, start: int, states: Sequence[torch.Tensor], pooling: str) -> torch.Tensor | None:
-    """Pooled (B, H) output of layers [start:] + final norm from lower states [(L_i, H)], computed on
-    the real tokens only; None when this model/adapter is not handled (use the padded path)."""
-    lengths = [len(s) for s in states]
-    window = getattr(base.config, "sliding_window", None)
-    if not supported(base) or (window and getattr(base.config, "use_sliding_window", True) and max(lengths) > window):
+def handled(base: nn.Module, start: int, pooling: str, dtype: torch.dtype) -> list[PackedLayer] | None:
+    """The packed layers when this model, adapter and mode are handled now, else None."""
+    if not supported(base):
         return None
     layers = _prepared(base, start, pooling == "last")
     if layers is None or any(grp.dropping() for layer in layers for grp in layer.groups):
         return None
-    if not torch.is_autocast_enabled(states[0].device.type) and any(
-            p.requires_grad and p.dtype != states[0].dtype for p in base.parameters()):
+    device = next(base.parameters()).device.type
+    if not torch.is_autocast_enabled(device) and any(p.requires_grad and p.dtype != dtype for p in base.parameters()):
         return None  # peft would compute LoRA in float32 here
+    return layers
+
+
+def packed_top_forward(base: nn.Module, start: int, states: Sequence[torch.Tensor], pooling: str,
+                       slack: float = 2.0) -> torch.Tensor | None:
+    """Pooled (B, H) output of layers [start:] + final norm from lower states [(L_i, H)], computed on
+    the real tokens only, attention in buckets of texts >= longest / ``slack`` tokens; None when this
+    model/adapter is not handled (use the padded path)."""
+    lengths = [len(s) for s in states]
+    window = getattr(base.config, "sliding_window", None)
+    if window and getattr(base.config, "use_sliding_window", True) and max(lengths) > window:
+        return None
+    layers = handled(base, start, pooling, states[0].dtype)
+    if layers is None:
+        return None
     owner = layer_owner(base)
-    h = torch.cat(list(states)).to(next(base.parameters()).device)
-    g = Geometry.of(lengths, h, owner.rotary_emb)
+    order = sorted(range(len(states)), key=lambda i: -lengths[i])  # stable: longest first
+    h = torch.cat([states[i] for i in order]).to(next(base.parameters()).device)
+    g = Geometry.of([lengths[i] for i in order], slack, h, owner.rotary_emb)
     for layer in layers:
         h = layer(h, g)
     h = owner.norm(h)
-    if pooling == "last":
-        return h
-    mask = (torch.arange(g.L, device=h.device)[None, :] < g.lengths[:, None]).long()
-    return pool(g.pad(h), mask, pooling)
+    if pooling != "last":
+        h = torch.cat([pool(b.pad(h), (b.key_mask[:, 0, 0]).long(), pooling) for b in g.buckets])
+    inverse = torch.empty(len(order), dtype=torch.long, device=h.device)
+    inverse[torch.tensor(order, device=h.device)] = torch.arange(len(order), device=h.device)
+    return h[inverse]
