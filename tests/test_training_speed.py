@@ -160,3 +160,25 @@ def test_a_packed_step_is_one_chunk_with_attention_buckets(tmp_path, tiny_llama,
             out[flag] = run.embed(texts)
     assert calls[0] == len(texts) and len(calls) == 1  # one chunk, on the packed path
     assert rel(out[True], out[False]) < 1e-2
+
+
+def test_packed_resume_is_exact_and_a_padded_checkpoint_resumes_packed(tmp_path, tiny_llama):
+    from test_train import lora_weights, tiny_cfg
+
+    from bellm_search.training.loop import train
+
+    def cfg(name: str, **kw):
+        return tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / name), lora_dropout=0.0, checkpoint_every=2,
+                        max_steps=6, **kw)
+
+    whole = lora_weights(train(cfg("whole")))
+    for first in (True, False):  # crash on the packed (or padded) path, resume on the packed one
+        broken = cfg(f"broken-{first}", crash_after_step=3, packed=first)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            train(broken)
+        resumed = lora_weights(train(cfg(f"broken-{first}", resume=True)))
+        assert resumed.keys() == whole.keys()
+        if first:
+            assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+        else:
+            assert max(rel(resumed[k], whole[k]) for k in whole if "lora_B" in k) < 1e-3
