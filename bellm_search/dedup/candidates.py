@@ -81,14 +81,35 @@ def blocked_pairs(ids: np.ndarray, vecs: np.ndarray, threshold: float, k: int, p
     return _merge_pairs(ids, parts)
 
 
+SPLIT_FACTOR = 8   # a block over this many times the mean block size (and over SPLIT_MIN rows) is split:
+SPLIT_MIN = 4096   # its product costs quadratically, its split about linearly
+
+
 def _blocks(vecs: np.ndarray, nblocks: int, probes: int, seed: int) -> list[np.ndarray]:
-    """Row positions of each k-means block; every row joins its ``probes`` nearest blocks."""
+    """Row positions of each k-means block; every row joins its ``probes`` nearest blocks. A
+    block far over the mean size (k-means blocks can be very uneven) is split by its own k-means,
+    each of its rows joining its 2 nearest parts (so parts of about the mean size): a pair inside
+    it is then found when the two also share one of those (near duplicates do)."""
+    n = len(vecs)
+    if nblocks <= 1:
+        return [np.arange(n)]
+    blocks = _kmeans_blocks(vecs, nblocks, probes, seed)
+    mean = sum(map(len, blocks)) / len(blocks)
+    out = []
+    for members in blocks:
+        if len(members) > max(SPLIT_MIN, SPLIT_FACTOR * mean):
+            parts = _kmeans_blocks(vecs[members], max(3, -(-2 * len(members) // max(1, round(mean)))), 2, seed)
+            out.extend(members[part] for part in parts)
+        else:
+            out.append(members)
+    return out
+
+
+def _kmeans_blocks(vecs: np.ndarray, nblocks: int, probes: int, seed: int) -> list[np.ndarray]:
     from bellm_search.index.factory import training_sample
     from bellm_search.index.faiss_index import kmeans, nearest_centroids
 
     n = len(vecs)
-    if nblocks <= 1:
-        return [np.arange(n)]
     sample = vecs[training_sample(n, min(n, 64 * nblocks), seed)].astype(np.float32)
     centroids = kmeans(sample, nblocks, seed, niter=KMEANS_ITER)
     p = min(probes, nblocks)
@@ -142,8 +163,9 @@ def _block_pairs(members: np.ndarray, vecs: np.ndarray, threshold: float, k: int
         out_j.append(s + j)
         out_s.append(G[i, j])
     i, j, sc = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
-    if len(i) > k:
-        keep = _top_k(i, sc, k, m) | _top_k(j, sc, k, m)
+    if len(i) > k:  # rank each pair among all pairs of its first row, and of its second
+        best = _top_k(np.concatenate([i, j]), np.concatenate([sc, sc]), k, m)
+        keep = best[:len(i)] | best[len(i):]
         i, j, sc = i[keep], j[keep], sc[keep]
     return members[i], members[j], sc
 
