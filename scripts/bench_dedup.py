@@ -156,11 +156,45 @@ def synthetic(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     return vecs, texts
 
 
+PHASES = (("bellm_search.dedup.candidates", "_all_vectors", "read vectors"),
+          ("bellm_search.dedup.candidates", "_blocks", "k-means+assign"),
+          ("bellm_search.dedup.candidates", "_map_blocks", "block products"),
+          ("bellm_search.dedup.calibration", "doc_sides", "doc features"),
+          ("bellm_search.pairs.features", "pair_features", "pair features"),
+          ("bellm_search.dedup.job", "clusters_from_pairs", "union-find"),
+          ("bellm_search.dedup.job", "choose_keep", "keep"))
+
+
+def _time_phases() -> dict[str, float]:
+    """Wall seconds per phase of the dedup run (PHASES: module, function, label), by wrapping
+    those functions in this benchmark process only."""
+    import functools
+    import importlib
+
+    spent: dict[str, float] = {}
+    for module, name, label in PHASES:
+        mod = importlib.import_module(module)
+        fn = getattr(mod, name)
+
+        def timed(*a, _fn=fn, _label=label, **kw):
+            t = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                spent[_label] = spent.get(_label, 0.0) + time.perf_counter() - t
+
+        setattr(mod, name, functools.wraps(fn)(timed))
+        if module == "bellm_search.pairs.features":  # imported by name into calibration
+            setattr(importlib.import_module("bellm_search.dedup.calibration"), name, getattr(mod, name))
+    return spent
+
+
 def _dedup_worker(path: str, pure_cosine: bool, queue) -> None:
     from bellm_search.collection.core import Collection
     from bellm_search.dedup.calibration import decision_for
     from bellm_search.dedup.job import find_clusters
 
+    spent = _time_phases()
     t = time.perf_counter()
     with Collection.open(Path(path), readonly=True) as coll:
         decision = decision_for(coll, pure_cosine=pure_cosine)
@@ -172,7 +206,7 @@ def _dedup_worker(path: str, pure_cosine: bool, queue) -> None:
             cluster_of[members] = c
         queue.put({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    "pairs": np.stack([pi, pj], 1), "cluster_of": cluster_of, "candidates": len(found.candidates.i),
-                   "decision": decision.describe()})
+                   "decision": decision.describe(), "phases": dict(spent)})
 
 
 def exact_reference(path: Path, pure_cosine: bool, queries: int = 0) -> tuple[np.ndarray, float, float]:
@@ -245,6 +279,7 @@ def scale(args: argparse.Namespace) -> None:
                 print(f"{n:>8} {'cosine' if pure else 'model':<7} {res['seconds']:8.1f} {res['rss_mb']:8.0f} {t_exact:8.1f} "
                       f"{ref_mb:7.0f} {t_exact / res['seconds']:7.1f}x {res['candidates']:>8} {len(res['pairs']):>8} "
                       f"{len(ex):>8} {together:9.4f}", flush=True)
+                print("         phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res["phases"].items()), flush=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
