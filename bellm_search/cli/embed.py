@@ -76,8 +76,26 @@ def _embed_local(input: str, output: Path, text_field: str, skip_invalid: bool, 
 
 
 def prepare_model(as_json: JsonOpt = False) -> None:
-    """Convert the embedded SmolLM2-135M-Instruct GGUF into a cached bf16 folder (once)."""
+    """Convert the embedded SmolLM2-135M-Instruct GGUF into a cached bf16 folder (once), and cache
+    it with the shipped adapter merged, in this machine's compute dtype."""
     from bellm_search.encoder.loading import prepare_embedded
 
     path = prepare_embedded()
-    emit({"path": str(path)}, as_json, f"embedded model ready: {path}")
+    merged = _merge_default_adapter(path)
+    emit({"path": str(path), "merged": merged}, as_json,
+         f"embedded model ready: {path}" + (f" (merged with the shipped adapter: {merged})" if merged else ""))
+
+
+def _merge_default_adapter(path: Path) -> str | None:
+    """The merged-model cache entry for the embedded model + shipped adapter (None when off/absent)."""
+    from bellm_search.encoder import model_cache
+    from bellm_search.encoder.loading import load_merged_model, resolve_device, resolve_dtype
+    from bellm_search.encoder.resolve import default_adapter_dir, has_default_adapter
+
+    if not has_default_adapter() or not model_cache.enabled():
+        return None
+    dtype = resolve_dtype("auto", resolve_device("auto"))
+    load_merged_model(str(path), default_adapter_dir(), dtype, None)
+    key = model_cache.cache_key(path, default_adapter_dir(), str(dtype).removeprefix("torch."))
+    hit = model_cache.lookup(key) if key is not None else None
+    return str(hit) if hit else None
