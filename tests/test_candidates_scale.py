@@ -125,3 +125,31 @@ def test_iter_vectors_half_floats_are_the_stored_values(tmp_path):
 @pytest.mark.parametrize("threshold", [0.75, 0.5])
 def test_block_probes_by_threshold(threshold):
     assert cand.block_probes(threshold) == (2 if threshold >= 0.75 else 3)
+
+
+def test_doc_sides_take_the_stored_shingles(tmp_path, monkeypatch):
+    """With word features the stored 5-gram hashes are used (not recomputed from the text), and
+    every side equals the one computed from the text."""
+    from types import SimpleNamespace
+
+    import bellm_search.pairs.features as features
+    from bellm_search.dedup.calibration import doc_sides
+    from bellm_search.pairs.shingles import shingle_hashes, to_bytes
+    from bellm_search.store import Store
+
+    texts = ["RT @a: Big quake hits Japan", "Big quake hits Japan!", None, "", "other news today"]
+    with Store(tmp_path / "meta.lmdb", create=True, dim=4) as s:
+        with s.writer() as w:
+            for i, t in enumerate(texts):
+                doc = {"text": t} if t is not None else {}
+                w.add_doc(f"s{i}", doc, text_hash=bytes([i]) * 16, vector=np.ones(4, np.float32),
+                          shingles=to_bytes(shingle_hashes(t)) if t is not None else b"")
+        want = [features.doc_side(t) for t in texts]
+        monkeypatch.setattr(features, "normalized_shingle_hashes", lambda *a: pytest.fail("shingles recomputed"))
+        a, b = doc_sides(SimpleNamespace(store=s), np.arange(5), np.arange(5)[::-1], with_words=True)
+    for got, exp in zip(a, want):
+        assert (got is None) == (exp is None)
+        if exp is not None:
+            np.testing.assert_array_equal(got.shingles, exp.shingles)
+            np.testing.assert_array_equal(got.words, exp.words)
+    assert all(x is y for x, y in zip(b, a[::-1]))

@@ -186,10 +186,12 @@ def _shingles_of(doc: dict) -> bytes:
 
 
 def _sides(coll: Any, ids: np.ndarray, with_words: bool) -> list:
+    stored = getattr(coll.store, "shingles", None)
     if with_words:
         docs = coll.store.get_docs(ids.tolist())
-        return [doc_side((d or {}).get("text")) for d in docs]
-    stored = getattr(coll.store, "shingles", None)
+        if stored is None:
+            return [doc_side((d or {}).get("text")) for d in docs]
+        return [_word_side(d, h) for d, h in zip(docs, stored(ids.tolist(), compute=_shingles_of))]
     if stored is not None:
         hashes = stored(ids.tolist(), compute=_shingles_of)
     else:
@@ -197,3 +199,12 @@ def _sides(coll: Any, ids: np.ndarray, with_words: bool) -> list:
     from bellm_search.pairs.features import DocSide
 
     return [DocSide(h) if len(h) else None for h in hashes]
+
+
+def _word_side(doc: dict | None, shingles: np.ndarray) -> Any:
+    """``doc_side`` with the stored 5-gram hashes: only the words come from the text."""
+    from bellm_search.pairs.features import DocSide, word_hashes
+    from bellm_search.pairs.normalize import normalize_text
+
+    text = (doc or {}).get("text")
+    return DocSide(shingles, word_hashes(normalize_text(text, social=True))) if isinstance(text, str) else None
