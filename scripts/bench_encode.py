@@ -264,14 +264,17 @@ def whole_process(n: int, rounds: int) -> None:
     print("|---|---|---|---|---|---|")
     for name in cmds:
         one, full = med[name, 1], med[name, n]
-        steady = (n - 1) / max(full - one, 1e-9)
-        print(f"| {name} | {one:.1f} | {full:.1f} | {n / full:.1f} | {n / full / st:.2f} | {steady:.1f} |")
+        steady = f"{(n - 1) / (full - one):.1f}" if full - one > 0.5 else "— (too few tweets)"
+        print(f"| {name} | {one:.1f} | {full:.1f} | {n / full:.1f} | {n / full / st:.2f} | {steady} |")
     print("\n(target: bellm-search embed >= 0.54x MiniLM; steady = (n - 1) / (n-tweet time - 1-tweet time))")
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> float:
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1", **env})
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1", **env})
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return time.perf_counter() - t
 
 
