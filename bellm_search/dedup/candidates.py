@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 EXACT_SEARCH_MAX = 20_000  # below this many vectors a brute-force k-NN is fastest
-MEMORY_BUDGET = 4 << 30    # float32 copy of all vectors allowed for the blocked search
+MEMORY_BUDGET = 4 << 30    # all vectors held for the blocked search (as half floats: counted as float32, half is slack
+                           # for the per-thread float32 block copies)
 
 
 def knn_pairs(coll: Any, threshold: float, k: int, nprobe: int | None = None,
