@@ -189,6 +189,20 @@ def _time_phases() -> dict[str, float]:
     return spent
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory in MB: VmHWM, which starts afresh at exec (a
+    spawned worker's ru_maxrss also counts its parent's memory at the fork: the parent holds all
+    synthetic vectors and texts)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _dedup_worker(path: str, pure_cosine: bool, queue) -> None:
     from bellm_search.collection.core import Collection
     from bellm_search.dedup.calibration import decision_for
@@ -204,7 +218,7 @@ def _dedup_worker(path: str, pure_cosine: bool, queue) -> None:
         cluster_of = np.full(int(live.max()) + 1, -1)
         for c, members in enumerate(found.members):
             cluster_of[members] = c
-        queue.put({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        queue.put({"seconds": seconds, "rss_mb": peak_rss_mb(),
                    "pairs": np.stack([pi, pj], 1), "cluster_of": cluster_of, "candidates": len(found.candidates.i),
                    "decision": decision.describe(), "phases": dict(spent)})
 
@@ -237,7 +251,7 @@ def exact_reference(path: Path, pure_cosine: bool, queries: int = 0) -> tuple[np
             dup = decision.judge(X)[1]
             out.append(np.stack([a[dup], b[dup]], 1))
         seconds = setup + (time.perf_counter() - t) * (len(vecs) / len(rows))
-        return np.unique(np.concatenate(out), axis=0), seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return np.unique(np.concatenate(out), axis=0), seconds, peak_rss_mb()
 
 
 def build(path: Path, vecs: np.ndarray, texts: list[str]) -> None:
