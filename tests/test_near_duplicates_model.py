@@ -221,7 +221,7 @@ def test_server_near_duplicates_apply_the_pair_model_unless_a_threshold_is_given
         assert by_cosine["results"][0] == [] and [h["id"] for h in by_cosine["results"][1]] == ["p1"]
         assert by_cosine["results"][1][0]["probability"] is None
         assert c.post("/query", json={"text": post(0), "k": 1}).json()["results"][0][0].keys() == {
-            "id", "score", "text", "metadata"}  # /query is unchanged
+            "id", "score", "text", "metadata", "copies"}  # /query has no probability
 
 
 def test_server_add_documents_with_the_pair_model(client):

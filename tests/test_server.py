@@ -399,6 +399,8 @@ def test_added_document_is_durable_found_and_deletable(server):
     assert top["id"] == "new/1" and top["metadata"] == {"lang": "de"} and top["score"] > 0.999
     again = client.post("/documents", json={"documents": new[:1] + [{"id": "copy", "text": "post d 3"}]}).json()
     assert (again["added"], again["skipped_known"], again["exact_duplicates"]) == (0, 1, 1)
+    hit = client.post("/query", json={"text": "post d 3", "k": 1}).json()["results"][0][0]
+    assert hit["id"] == "d3" and hit["copies"] == 1  # the exact copy is collapsed under its first copy, and said
     assert client.delete("/documents/new/1").json() == {"id": "new/1", "deleted": True}
     top = client.post("/query", json={"text": "fresh words about kayaks", "k": 3}).json()["results"][0]
     assert "new/1" not in [h["id"] for h in top]

@@ -77,6 +77,8 @@ class HitOut(BaseModel):
     score: float
     text: str
     metadata: dict[str, Any]
+    copies: int = Field(0, description="Exact copies (same normalised text) of this document that also match, "
+                                      "collapsed under it.")
 
 
 class ResultsOut(BaseModel):
