@@ -3,6 +3,7 @@ exit 1, and a repair never creates an empty store in place of a lost one. The co
 subprocess: a SIGBUS (what a truncated store caused) would kill pytest."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -69,3 +70,19 @@ def test_a_lost_store_is_refused_not_replaced_by_an_empty_one(coll_path, command
     assert "no store at" in proc.stderr and "restore it from a backup, or re-ingest" in proc.stderr, proc.stderr
     assert not (coll_path / "meta.lmdb").exists()  # not re-created empty
     assert snapshot(coll_path) == before  # the index and the manifest are kept as they were
+
+
+@pytest.mark.parametrize("damage", ["truncate", "lose"])
+def test_check_json_reports_a_refused_store_on_stdout(coll_path, damage):
+    if damage == "truncate":
+        os.truncate(coll_path / "meta.lmdb" / "data.mdb", 400_000)
+    else:
+        shutil.rmtree(coll_path / "meta.lmdb")
+    before = snapshot(coll_path)
+    proc = cli("check", "--json", "-c", str(coll_path))
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-800:])
+    report = json.loads(proc.stdout)  # a machine reading --json gets a report, not an empty stdout
+    assert report["ok"] is False and report["repaired"] is False and report["store"] == "refused"
+    assert len(report["problems"]) == 1 and "restore it from a backup, or re-ingest" in report["problems"][0]
+    assert len(proc.stderr.strip().splitlines()) == 1  # the same one error line as without --json
+    assert snapshot(coll_path) == before

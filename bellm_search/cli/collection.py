@@ -243,9 +243,16 @@ def check(
 ) -> None:
     """Verify a collection (index checksum and count, id maps); --repair rebuilds the index."""
     from bellm_search.collection.core import Collection
+    from bellm_search.errors import CollectionError
 
     path = collection_path(collection)
-    with Collection.open(path, readonly=not repair) as coll:
+    try:
+        coll = Collection.open(path, readonly=not repair)
+    except CollectionError as exc:  # a damaged or lost store is refused; --json still gets its report
+        if as_json:
+            emit({"path": str(path), "ok": False, "repaired": False, "store": "refused", "problems": [str(exc)]}, True)
+        raise
+    with coll:
         report = coll.check(repair=repair)
     for problem in report["problems"]:
         note(f"problem: {problem}")
