@@ -191,7 +191,8 @@ def _sides(coll: Any, ids: np.ndarray, with_words: bool) -> list:
         docs = coll.store.get_docs(ids.tolist())
         if stored is None:
             return [doc_side((d or {}).get("text")) for d in docs]
-        return [_word_side(d, h) for d, h in zip(docs, stored(ids.tolist(), compute=_shingles_of))]
+        hashes = stored(ids.tolist(), compute=_shingles_of)
+        return [doc_side((d or {}).get("text"), shingles=h) for d, h in zip(docs, hashes)]
     if stored is not None:
         hashes = stored(ids.tolist(), compute=_shingles_of)
     else:
@@ -199,12 +200,3 @@ def _sides(coll: Any, ids: np.ndarray, with_words: bool) -> list:
     from bellm_search.pairs.features import DocSide
 
     return [DocSide(h) if len(h) else None for h in hashes]
-
-
-def _word_side(doc: dict | None, shingles: np.ndarray) -> Any:
-    """``doc_side`` with the stored 5-gram hashes: only the words come from the text."""
-    from bellm_search.pairs.features import DocSide, word_hashes
-    from bellm_search.pairs.normalize import normalize_text
-
-    text = (doc or {}).get("text")
-    return DocSide(shingles, word_hashes(normalize_text(text, social=True))) if isinstance(text, str) else None

@@ -47,12 +47,15 @@ def word_hashes(norm: str) -> np.ndarray:
     return np.unique(np.frombuffer(raw, dtype="<u8"))
 
 
-def doc_side(text: str | None, with_words: bool = True) -> DocSide | None:
-    """A document's feature inputs from its text (None: no text); the text is normalised once."""
+def doc_side(text: str | None, with_words: bool = True, shingles: np.ndarray | None = None) -> DocSide | None:
+    """A document's feature inputs from its text (None: no text); the text is normalised once.
+    ``shingles``: its 5-gram hashes already known (stored at ingest): only the words are computed."""
     if not isinstance(text, str):
         return None
     norm = normalize_text(text, social=True)
-    return DocSide(normalized_shingle_hashes(norm, SHINGLE), word_hashes(norm) if with_words else None)
+    if shingles is None:
+        shingles = normalized_shingle_hashes(norm, SHINGLE)
+    return DocSide(shingles, word_hashes(norm) if with_words else None)
 
 
 def pair_features(cosine: np.ndarray, a: Sequence[DocSide | None], b: Sequence[DocSide | None],

@@ -56,7 +56,7 @@ class Service:
         self.lock = ReadWriteLock()
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="bellm-writer")
         self.calibration = near_duplicate_calibration(coll)
-        if self.calibration.threshold is None:
+        if self.calibration.decision is None:
             log.warning("/near-duplicates needs a threshold in every request: %s", self.calibration.reason)
         self.internal_errors = 0
 
@@ -167,26 +167,23 @@ class Service:
     async def add(self, records: list[dict[str, Any]], near: Optional[float], near_model: bool = False) -> dict[str, Any]:
         """Encode the records not stored yet (micro-batched), then ingest them with those vectors.
         Near duplicates: ``near`` a cosine threshold, or ``near_model`` the calibrated pair model."""
-        rule: Any = near
-        if near_model:
-            decision = self.near_decision("skip_near_duplicates")
-            rule = lambda _coll: decision  # noqa: E731  (Collection.ingest's near_model)
+        decision = self.near_decision("skip_near_duplicates") if near_model else None
         self.check_documents(records)
         for r in records:
             r["id"] = str(r["id"])
         known = await self.read(self.coll.store.lookup_keys, [r["id"] for r in records])
         fresh = [r for r, int_id in zip(records, known) if int_id is None]  # a known id stays known (kept on delete)
         vecs = await self.within(self.batcher.encode([r["text"] for r in fresh])) if fresh else None
-        stats = await self.write(self._ingest, fresh, vecs, rule)  # once started, it finishes and is answered
+        stats = await self.write(self._ingest, fresh, vecs, near, decision)  # once started, it finishes and answers
         stats["skipped_known"] += len(records) - len(fresh)
         return stats
 
-    def _ingest(self, fresh: list[dict[str, Any]], vecs: Any, near: Any) -> dict[str, Any]:
-        """``near``: a cosine threshold, or a ``Collection.ingest`` near_model (a function), or None."""
+    def _ingest(self, fresh: list[dict[str, Any]], vecs: Any, near: Optional[float], decision: Any) -> dict[str, Any]:
+        """``near``: a cosine threshold; ``decision``: the pair model (for ``Collection.ingest``); or neither."""
         out = {"added": 0, "skipped_known": 0, "exact_duplicates": 0, "near_duplicates": 0}
         if fresh:
-            rule = {"near_model": near} if callable(near) else {"skip_near_duplicates": near}
-            stats = self.coll.ingest(fresh, vectors=vecs, **rule).to_dict()
+            near_model = (lambda _coll: decision) if decision is not None else None
+            stats = self.coll.ingest(fresh, vectors=vecs, skip_near_duplicates=near, near_model=near_model).to_dict()
             out = {k: stats[k] for k in out}
         out["documents"] = self.coll.store.count()
         return out
@@ -199,7 +196,7 @@ class Service:
         data = await self.read(self.coll.info)
         data["server"] = {**self.settings.public(), "encoder_calls": self.batcher.stats.to_dict(),
                           "internal_errors": self.internal_errors,
-                          "near_duplicates_calibrated": self.calibration.threshold is not None}
+                          "near_duplicates_calibrated": self.calibration.decision is not None}
         return data
 
 
@@ -225,9 +222,13 @@ class NearCalibration:
     a request gives no cosine threshold, and its probability threshold; None (with the reason) when
     no calibration was made for this collection's encoder."""
 
-    threshold: Optional[float]
+    decision: Any  # dedup.calibration.Decision, or None
     reason: str
-    decision: Any = None
+
+    @property
+    def threshold(self) -> Optional[float]:
+        """The decision's probability threshold (None: no calibration fits)."""
+        return None if self.decision is None else self.decision.threshold
 
 
 def near_duplicate_calibration(coll: Any) -> NearCalibration:
@@ -240,4 +241,4 @@ def near_duplicate_calibration(coll: Any) -> NearCalibration:
         decision = decision_for(coll, strict=True)
     except ConfigError as exc:  # no calibration for this encoder (or an unreadable one): no default
         return NearCalibration(None, str(exc).replace("--threshold", '"threshold"'))
-    return NearCalibration(decision.threshold, f"pair model of the {decision.source} calibration", decision)
+    return NearCalibration(decision, f"pair model of the {decision.source} calibration")
