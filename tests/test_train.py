@@ -154,6 +154,24 @@ def test_resume_after_crash_matches_an_uninterrupted_run(tmp_path, tiny_llama, t
     assert hist["final_loss"] == json.loads((whole / "bellm_adapter.json").read_text())["training"]["final_loss"]
 
 
+def test_a_run_over_a_subset_of_cached_texts_reuses_that_cache(tmp_path, tiny_llama):
+    dev = write_dev(tmp_path / "dev.jsonl")
+    shared = tmp_path / "shared-cache"
+    train(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "big"), cache_root=str(shared), dev=str(dev)),
+          dev_scorer(dev, []))  # caches the training texts and the dev texts
+    assert len(list(shared.glob("lower-*.pt"))) == 1 and len(list(shared.glob("lower-*.index.npz"))) == 1
+    reused = train(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "sub"), cache_root=str(shared)))
+    assert len(list(shared.glob("lower-*.pt"))) == 1  # no second cache: a view of the first
+    fresh = train(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "fresh"), cache_root=str(tmp_path / "own")))
+    assert len(list((tmp_path / "own").glob("lower-*.pt"))) == 1
+    a, b = lora_weights(reused), lora_weights(fresh)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    other_layer = tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "k4"), cache_root=str(shared), train_layers=2)
+    train(other_layer)  # another first layer: the index must not match, a new cache is built
+    assert len(list(shared.glob("lower-*.pt"))) == 2
+
+
 def test_resume_refuses_other_settings(tmp_path, tiny_llama):
     cfg = tiny_cfg(tmp_path, tiny_llama, checkpoint_every=1, crash_after_step=1)
     with pytest.raises(RuntimeError):
