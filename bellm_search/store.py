@@ -16,6 +16,7 @@ Named DBs (int ids are 8-byte big-endian keys, so cursor order = id order):
              vector): lets dedup read the duplicate links without decoding every record
     shingles int id -> the text's shingle hashes as little-endian uint64 bytes (b"" without text),
              written with the record by the caller (``pairs.shingles``); kept after delete
+    words    int id -> the text's word hashes, the same way (``pairs.features.word_hashes``)
 
 A store is refused on open when it is missing (only ``create=True`` makes one) or when its data
 file is shorter than its pages (a read past the end would kill the process with SIGBUS).
@@ -44,8 +45,8 @@ from bellm_search.errors import CollectionError
 
 log = logging.getLogger(__name__)
 
-DB_NAMES = ("docs", "keys", "hashes", "dochash", "vecs", "state", "tombs", "dupof", "shingles")
-LATER_DBS = ("dupof", "shingles")  # a read-only open of an older store goes without them
+DB_NAMES = ("docs", "keys", "hashes", "dochash", "vecs", "state", "tombs", "dupof", "shingles", "words")
+LATER_DBS = ("dupof", "shingles", "words")  # a read-only open of an older store goes without them
 DUPOF = struct.Struct("<qf")
 COUNTERS = ("n_docs", "n_vectors", "n_deleted")
 MAX_READERS = 1024
@@ -394,44 +395,46 @@ class Store(_Env):
 
     # ------------------------------------------------------------ shingle hashes
 
-    def shingles(self, int_ids: Iterable[int], compute: Callable[[dict], bytes] | None = None) -> list[np.ndarray]:
+    def shingles(self, int_ids: Iterable[int], compute: Callable[[dict], bytes] | None = None,
+                 db_name: str = "shingles") -> list[np.ndarray]:
         """The stored shingle hashes (sorted unique uint64) of each document; an empty array for one
         stored without text. One not stored (a store not yet migrated, or an unknown id) is
-        ``compute(record)`` when given, else an error."""
+        ``compute(record)`` when given, else an error. ``db_name="words"``: the word hashes."""
         out: list[np.ndarray] = []
         with self._txn() as txn:
-            db = self._dbs.get("shingles")
+            db = self._dbs.get(db_name)
             for i in map(int, int_ids):
                 raw = txn.get(id_key(i), db=db) if db is not None and i >= 0 else None
                 if raw is None:
                     doc = txn.get(id_key(i), db=self._dbs["docs"]) if i >= 0 else None
                     if compute is None or doc is None:
-                        raise CollectionError(f"no shingles stored for id {i} in {self.path}")
+                        raise CollectionError(f"no {db_name} stored for id {i} in {self.path}")
                     raw = compute(json.loads(doc))
                 out.append(np.frombuffer(raw, dtype="<u8"))
         return out
 
-    def fill_shingles(self, compute: Callable[[dict], bytes], batch: int = 2048) -> int:
+    def fill_shingles(self, compute: Callable[[dict], bytes], batch: int = 2048, db_name: str = "shingles") -> int:
         """Migration: store ``compute(record)`` for every document that has no shingle hashes yet
         (deleted ones included, as their vectors are), one committed txn per batch, so a crash keeps
-        what was done and a re-run finishes. Returns how many it filled (0 at once when complete)."""
+        what was done and a re-run finishes. Returns how many it filled (0 at once when complete).
+        ``db_name="words"``: the word hashes."""
         if self.readonly:
             raise CollectionError(f"store {self.path} was opened readonly")
+        db = self._dbs[db_name]
         with self._txn() as txn:
-            if txn.stat(self._dbs["docs"])["entries"] == txn.stat(self._dbs["shingles"])["entries"]:
+            if txn.stat(self._dbs["docs"])["entries"] == txn.stat(db)["entries"]:
                 return 0
         filled = 0
         for ids, vals in self._iter("docs", 0, None, batch, True):
             with self._txn() as txn:
-                todo = [(i, v) for i, v in zip(ids, vals) if txn.get(id_key(i), db=self._dbs["shingles"]) is None]
+                todo = [(i, v) for i, v in zip(ids, vals) if txn.get(id_key(i), db=db) is None]
             rows = [(id_key(i), compute(json.loads(v))) for i, v in todo]
             if rows:
                 with self._write_lock:
-                    self._write(lambda t: [t.put(k, v, db=self._dbs["shingles"]) for k, v in rows],
-                                sum(len(v) + 8 for _, v in rows))
+                    self._write(lambda t: [t.put(k, v, db=db) for k, v in rows], sum(len(v) + 8 for _, v in rows))
                 filled += len(rows)
         if filled:
-            log.info("stored the shingle hashes of %d documents of %s", filled, self.path)
+            log.info("stored the %s hashes of %d documents of %s", db_name.rstrip("s"), filled, self.path)
         return filled
 
     # ------------------------------------------------------------ duplicate links
@@ -540,10 +543,10 @@ class Writer:
     # ------------------------------------------------------------ operations
 
     def add_doc(self, source_id: str, record: dict, *, text_hash: bytes | None = None,
-                vector: np.ndarray | None = None, shingles: bytes | None = None,
+                vector: np.ndarray | None = None, shingles: bytes | None = None, words: bytes | None = None,
                 dup_of: tuple[int, float] | None = None, replaces: int | None = None) -> int:
-        """Store a new document under the next int id and return that id. ``shingles``: its shingle
-        hashes as bytes (see ``Store.shingles``). ``dup_of`` = (int id of the first copy, score)
+        """Store a new document under the next int id and return that id. ``shingles`` / ``words``:
+        its shingle / word hashes as bytes (see ``Store.shingles``). ``dup_of`` = (int id of the first copy, score)
         records the document as a duplicate (see ``dup_links``). ``replaces``: the int id this
         source id had, deleted earlier in this batch (re-keying)."""
         self._check_open()
@@ -569,6 +572,8 @@ class Writer:
             self._add_hash(h, int_id)
         if shingles is not None:
             self._put("shingles", key, bytes(shingles))
+        if words is not None:
+            self._put("words", key, bytes(words))
         if dup_of is not None:
             self._put("dupof", key, DUPOF.pack(int(dup_of[0]), float(dup_of[1])))
         self._added[int_id] = (vec is not None, h)

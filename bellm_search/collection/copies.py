@@ -27,6 +27,8 @@ def promote_first_copies(w: Any, store: Any, firsts: list[int]) -> list[tuple[in
     earliest live exact copy, re-added under a new int id (with its own text hash, else the first
     copy's; its arrival order kept in ``SEEN`` for ``--keep first``), and its other duplicates are
     linked to that id. Returns (old id, new id) of each promoted copy."""
+    from bellm_search.pairs.features import record_word_bytes
+
     gone = set(firsts)
     dups: dict[int, list[tuple[int, float]]] = {}
     for d, f, sc in zip(*store.dup_links()):
@@ -41,13 +43,15 @@ def promote_first_copies(w: Any, store: Any, firsts: list[int]) -> list[tuple[in
         old = min(exact)
         h = store.text_hash(old) or store.text_hash(first)
         shingles = store.shingles([old], compute=shingle_bytes)[0].tobytes()
+        words = store.shingles([old], compute=record_word_bytes, db_name="words")[0].tobytes()
         source_id = record.pop("id")
         record.pop("dup_of", None)
         record.pop("dup_score", None)
         record[SEEN] = int(record.get(SEEN, old))
         vector = store.get_vectors([first])[0]
         w.delete(old)
-        new = w.add_doc(source_id, record, text_hash=h, vector=vector, shingles=shingles, replaces=old)
+        new = w.add_doc(source_id, record, text_hash=h, vector=vector, shingles=shingles, words=words,
+                        replaces=old)
         for d, sc in mine:
             doc = store.get_doc(d) if d != old else None
             if doc is not None:

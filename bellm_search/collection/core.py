@@ -26,6 +26,7 @@ from bellm_search.collection.manifest import (MANIFEST, META_DIR, encoder_for, n
 from bellm_search.config import EncoderConfig, IndexConfig
 from bellm_search.corpus import Record
 from bellm_search.errors import CollectionError
+from bellm_search.pairs.features import record_word_bytes
 
 
 class Collection:
@@ -46,6 +47,7 @@ class Collection:
             raise CollectionError(f"{path / MANIFEST}: dim {self.dim}, but the store holds {stored_dim}-d vectors")
         if not readonly:  # collections from before shingles were stored get them (once, resumable)
             self.store.fill_shingles(shingle_bytes)
+            self.store.fill_shingles(record_word_bytes, db_name="words")
         self.index_state = IndexState(path, self.store, manifest, self.dim)
         self._encoder = encoder
 

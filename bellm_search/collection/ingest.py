@@ -23,10 +23,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bellm_search.collection.copies import promote_first_copies, shingle_bytes
+from bellm_search.collection.copies import promote_first_copies
 from bellm_search.collection.lock import writer_lock
 from bellm_search.corpus import Record, document_problem
 from bellm_search.errors import CollectionError, ConfigError, CorpusError
+from bellm_search.pairs.features import record_hash_bytes
 from bellm_search.pairs.normalize import text_hash
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class Origins:
         self.deleted = set(store.deleted_ids().tolist())
 
     def add(self, w: Any, rec: Record, doc: dict[str, Any], **kwargs: Any) -> int:
-        int_id = w.add_doc(rec.id, doc, shingles=shingle_bytes(doc), **kwargs)
+        int_id = w.add_doc(rec.id, doc, **record_hash_bytes(doc), **kwargs)
         if not self.paths or self.paths[-1] != rec.path:
             self.files.append(int_id)
             self.paths.append(rec.path)

@@ -19,7 +19,7 @@ import numpy as np
 
 from bellm_search._fs import read_json_object
 from bellm_search.errors import ConfigError
-from bellm_search.pairs.features import doc_side, pair_features, text_pair_features
+from bellm_search.pairs.features import doc_side, pair_features, stored_sides, text_pair_features
 from bellm_search.pairs.model import PairModel
 from bellm_search.pairs.shingles import from_bytes, shingle_hashes, to_bytes
 
@@ -187,6 +187,8 @@ def _shingles_of(doc: dict) -> bytes:
 
 def _sides(coll: Any, ids: np.ndarray, with_words: bool) -> list:
     stored = getattr(coll.store, "shingles", None)
+    if with_words and stored is not None:  # the 5-gram and word hashes stored at ingest
+        return stored_sides(coll.store, ids)
     if with_words:
         docs = coll.store.get_docs(ids.tolist())
         if stored is None:

@@ -110,7 +110,7 @@ def find_clusters(coll: Any, threshold: Decision | float | None = None, k: int =
     members = clusters_from_pairs(live, pi, pj)
     mx, mn = all_cluster_scores(members, pi, pj, ps) if members else (np.zeros(0), np.zeros(0))
     weakest = weakest_links(members, pi, pj, ps) if members else np.zeros(0, dtype=np.int64)
-    docs = _doc_getter(coll)
+    docs = _doc_getter(coll, members)
     kept = [choose_keep(m, keep, docs) for m in members]
     _say_if_field_missing(keep, members, docs)
     return Clusters(members, kept, mx, mn, weakest, (pi, pj, ps), cand), live, ej[exact]
@@ -123,18 +123,16 @@ def _say_if_field_missing(keep: str, members: list, docs: Any) -> None:
         log.warning("--keep field:%s: no duplicate has a field %r; kept the smallest id of each cluster", field, field)
 
 
-def _doc_getter(coll: Any) -> Any:
+def _doc_getter(coll: Any, members: list[np.ndarray]) -> Any:
+    """The keep policies' view of each cluster member's record, all read in one pass."""
+    ids = np.concatenate(members).tolist() if members else []
     cache: dict[int, dict] = {}
-
-    def get(int_id: int) -> dict:
-        if int_id not in cache:
-            doc = coll.store.get_doc(int(int_id)) or {}
-            cache[int_id] = {"text": doc.get("text", ""), **doc.get("meta", {})}
-            if SEEN in doc:  # a promoted copy: its arrival order (see choose_keep)
-                cache[int_id][SEEN] = doc[SEEN]
-        return cache[int_id]
-
-    return get
+    for int_id, doc in zip(ids, coll.store.get_docs(ids)):
+        doc = doc or {}
+        cache[int_id] = {"text": doc.get("text", ""), **doc.get("meta", {})}
+        if SEEN in doc:  # a promoted copy: its arrival order (see choose_keep)
+            cache[int_id][SEEN] = doc[SEEN]
+    return lambda int_id: cache[int(int_id)]
 
 
 def check_output(path: Path | None) -> None:

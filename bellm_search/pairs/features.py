@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bellm_search.pairs.normalize import normalize_text
-from bellm_search.pairs.shingles import EMPTY, SHINGLE, batch_overlaps, normalized_shingle_hashes
+from bellm_search.pairs.shingles import EMPTY, SHINGLE, batch_overlaps, normalized_shingle_hashes, to_bytes
 
 FEATURES = ("cosine", "jaccard5", "containment", "length_ratio", "retweet", "word_jaccard", "word_containment")
 TEXT_FEATURES = frozenset({"word_jaccard", "word_containment"})  # need the text itself; the others need only shingles
@@ -56,6 +57,35 @@ def doc_side(text: str | None, with_words: bool = True, shingles: np.ndarray | N
     if shingles is None:
         shingles = normalized_shingle_hashes(norm, SHINGLE)
     return DocSide(shingles, word_hashes(norm) if with_words else None)
+
+
+def record_hash_bytes(record: Mapping[str, Any]) -> dict[str, bytes]:
+    """What the store keeps of a record's text (``Writer.add_doc`` keywords): its 5-gram hashes and
+    its word hashes as bytes (b"" each without text); the text is normalised once."""
+    text = record.get("text")
+    if not isinstance(text, str):
+        return {"shingles": b"", "words": b""}
+    norm = normalize_text(text, social=True)
+    return {"shingles": to_bytes(normalized_shingle_hashes(norm, SHINGLE)), "words": to_bytes(word_hashes(norm))}
+
+
+def record_word_bytes(record: Mapping[str, Any]) -> bytes:
+    """A record's stored word hashes (b"" without text): the migration of older stores."""
+    text = record.get("text")
+    return to_bytes(word_hashes(normalize_text(text, social=True))) if isinstance(text, str) else b""
+
+
+def stored_sides(store: Any, ids: Sequence[int]) -> list[DocSide | None]:
+    """Each document's side (5-grams and words) from the hashes stored at ingest: no text is read
+    or normalised (a store from before they were stored: computed from the record). Equal to
+    ``doc_side(record["text"])``: None without text; a document with neither hash (no text, or a
+    text without a word or shingle) is told apart by reading its record."""
+    ids = [int(i) for i in ids]
+    shingles = store.shingles(ids, compute=lambda r: record_hash_bytes(r)["shingles"])
+    words = store.shingles(ids, compute=record_word_bytes, db_name="words")
+    blank = [i for i, s, w in zip(ids, shingles, words) if not (len(s) or len(w))]
+    has_text = {i: isinstance((d or {}).get("text"), str) for i, d in zip(blank, store.get_docs(blank))}
+    return [DocSide(s, w) if len(s) or len(w) or has_text[i] else None for i, s, w in zip(ids, shingles, words)]
 
 
 def pair_features(cosine: np.ndarray, a: Sequence[DocSide | None], b: Sequence[DocSide | None],

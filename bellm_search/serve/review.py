@@ -112,7 +112,7 @@ class Review:
 
         parse_keep(keep)
         if keep not in result.keeps:
-            docs = _doc_getter(self.coll)
+            docs = _doc_getter(self.coll, result.members)
             result.keeps[keep] = [choose_keep(m, keep, docs) for m in result.members]
         return result.keeps[keep]
 
