@@ -271,52 +271,6 @@ def train_row(ctx: Ctx, row: Row, steps: int, deadline: float) -> tuple[dict[str
     return record, run
 
 
-# ----------------------------------------------------------------------------- mined hard negatives
-def mine_negatives(run: Any, path: Path, margin: float = 0.95, chunk: int = 2048) -> dict[str, Any]:
-    """Hard negatives mined by the trained model: for each row, the training text nearest to the
-    anchor that is neither the anchor nor one of its positives, and whose cosine is below
-    ``margin`` x cosine(anchor, positive) (positive-aware mining keeps likely paraphrases out).
-    Writes every row with its labelled negative, plus a copy with the mined one (rows without a
-    negative just get the mined one), as JSONL at ``path``."""
-    import torch
-
-    d = run.data
-    run.model.eval()
-    with torch.no_grad():
-        emb = torch.nn.functional.normalize(run.embed(np.arange(len(d.texts))), dim=-1)
-    run.model.train()
-    positives: dict[int, list[int]] = {}
-    for a, p in zip(d.anchor.tolist(), d.positive.tolist()):
-        positives.setdefault(a, []).append(p)
-    mined = np.full(len(d), -1)
-    for lo in range(0, len(d), chunk):
-        rows = np.arange(lo, min(lo + chunk, len(d)))
-        a = torch.from_numpy(d.anchor[rows]).to(emb.device)
-        sims = emb[a] @ emb.T  # (c, T)
-        pos = (emb[a] * emb[torch.from_numpy(d.positive[rows]).to(emb.device)]).sum(-1)
-        for i, r in enumerate(rows):
-            sims[i, [int(d.anchor[r]), *positives[int(d.anchor[r])]]] = -2.0
-        sims[sims >= margin * pos[:, None]] = -2.0
-        best, idx = sims.max(dim=1)
-        mined[rows] = np.where(best.cpu().numpy() > -2.0, idx.cpu().numpy(), -1)
-    return write_mined(d, mined, path)
-
-
-def write_mined(d: Any, mined: np.ndarray, path: Path) -> dict[str, Any]:
-    lines = []
-    for r in range(len(d)):
-        row = {"anchor": d.texts[d.anchor[r]], "positive": d.texts[d.positive[r]]}
-        if d.negative[r] >= 0:
-            lines.append({**row, "negative": d.texts[d.negative[r]]})
-        if mined[r] >= 0:
-            lines.append({**row, "negative": d.texts[mined[r]]})
-        elif d.negative[r] < 0:
-            lines.append(row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
-    return {"rows_in": len(d), "rows_out": len(lines), "mined": int((mined >= 0).sum())}
-
-
 # ----------------------------------------------------------------------------- results
 COLUMNS = ("sts", "ap:twitter_url_calibration.jsonl", "ap:pit2015.jsonl", "ap:mrpc_train.jsonl", "ap_mean", "mean")
 
@@ -461,6 +415,8 @@ def one_row(ctx: Ctx, row: Row, steps: int, deadline: float) -> None:
     record, run = train_row(ctx, row, steps, deadline)
     if row.name == "ref":
         ctx.mined = ctx.args.work / "mined.jsonl"
+        from bellm_search.training.mining import mine_negatives
+
         record["mining"] = mine_negatives(run, ctx.mined)
     free(run)
     log.info("row %s: %s", row.name, record["metrics"])
