@@ -172,8 +172,10 @@ def test_a_run_over_a_subset_of_cached_texts_reuses_that_cache(tmp_path, tiny_ll
     assert len(list(shared.glob("lower-*.pt"))) == 2
 
 
-def test_mine_negatives_script_adds_a_mined_copy_of_rows(tmp_path, tiny_llama):
+def test_mine_negatives_script_adds_a_mined_copy_of_rows(tmp_path, tiny_llama, monkeypatch):
     import importlib.util
+
+    monkeypatch.setenv("BELLM_CACHE", str(tmp_path / "cache"))  # the script's lower-layer cache
 
     out = train(tiny_cfg(tmp_path, tiny_llama, lora_dropout=0.0))
     spec = importlib.util.spec_from_file_location("mine", Path(__file__).parents[1] / "scripts" / "mine_negatives.py")
