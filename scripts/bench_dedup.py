@@ -162,6 +162,7 @@ PHASES = (("bellm_search.dedup.candidates", "_all_vectors", "read vectors"),
           ("bellm_search.dedup.calibration", "doc_sides", "doc features"),
           ("bellm_search.pairs.features", "pair_features", "pair features"),
           ("bellm_search.dedup.job", "clusters_from_pairs", "union-find"),
+          ("bellm_search.dedup.job", "_doc_getter", "keep records"),
           ("bellm_search.dedup.job", "choose_keep", "keep"))
 
 

@@ -98,7 +98,7 @@ def test_split_blocks_keep_the_planted_near_duplicates(monkeypatch):
     monkeypatch.setattr(cand, "SPLIT_MIN", 300)
     monkeypatch.setattr(cand, "SPLIT_FACTOR", 1.2)
     blocks = cand._blocks(x, 4, 2, 0)
-    assert len(sizes) > 1 and max(map(len, blocks)) < max(sizes[1:])  # split, into smaller blocks
+    assert len(sizes) > 1 and max(len(b.rows) for b in blocks) < max(sizes[1:])  # split, into smaller blocks
     pi, pj, ps = cand.blocked_pairs(ids, x, 0.9, k=1000, probes=2)
     capped = as_set(pi, pj)
     assert planted_pairs <= uncapped and planted_pairs <= capped <= truth

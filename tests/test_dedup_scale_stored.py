@@ -121,3 +121,19 @@ def test_an_old_collection_dedups_identically_and_is_migrated(tmp_path, monkeypa
         for a, b in zip(migrated.store.shingles(range(len(texts)), db_name="words"), stored):
             np.testing.assert_array_equal(a, b)
         same(outcome(migrated), want)
+
+
+def test_overlaps_in_chunks_over_threads_equal_one_sort(monkeypatch):
+    import bellm_search.pairs.shingles as sh
+
+    rng = np.random.default_rng(7)
+    pool = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    docs = [np.unique(rng.choice(pool, rng.integers(0, 40))) for _ in range(200)]
+    a = [docs[i] for i in rng.integers(0, 200, 2500)]
+    b = [docs[i] for i in rng.integers(0, 200, 2500)]
+    whole = sh.batch_overlaps(a, b)
+    want = np.array([len(np.intersect1d(x, y)) for x, y in zip(a, b)])
+    np.testing.assert_array_equal(whole[0], want)
+    monkeypatch.setattr(sh, "OVERLAP_CHUNK", 7)  # many chunks, the last one short
+    for got, exp in zip(sh.batch_overlaps(a, b), whole):
+        np.testing.assert_array_equal(got, exp)

@@ -6,6 +6,7 @@ one batch). Scores are exact inner products of the stored vectors. Ingest-time d
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,17 +69,19 @@ def dedup_nlist(n: int) -> int:
 
 def blocked_pairs(ids: np.ndarray, vecs: np.ndarray, threshold: float, k: int, probes: int = 2,
                   seed: int = 0, rows: int = 0, workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs >= threshold among vectors that share one of their ``probes`` nearest k-means
-    blocks, at most k per vector and block (a pair stays when it is among the k best of either
-    side); exact inner products from dense block products (BLAS).
-    Near duplicates sit next to each other, so they share a nearest block. ``rows``: rows per
-    block product (0: a quarter of the block, within ``BLOCK_BYTES``); ``workers``: threads over
-    blocks (None: one per core)."""
+    """All pairs >= threshold of a vector and one whose nearest k-means block is among the first's
+    ``probes`` nearest (an IVF search with ``probes`` probes, both ways), at most k per vector and
+    block (a pair stays when it is among the k best of either side); exact inner products from
+    dense block products (BLAS). Near duplicates sit next to each other, so each one's nearest
+    block is among the other's nearest. Each pair of vectors is multiplied in at most one block
+    per direction (a block's own vectors against each other once, the visitors against them).
+    ``rows``: rows per block product (0: a quarter of the block, within ``BLOCK_BYTES``);
+    ``workers``: threads over blocks (None: one per core)."""
     n = len(ids)
     blocks = _blocks(vecs, dedup_nlist(n), probes, seed)
-    work = [m for m in blocks if len(m) > 1]
-    work.sort(key=len, reverse=True)  # the biggest first: threads finish together
-    parts = _map_blocks(lambda m: _block_pairs(m, vecs, threshold, k, rows), work, workers)
+    work = [b for b in blocks if b.own and len(b.rows) > 1]
+    work.sort(key=lambda b: b.own * len(b.rows), reverse=True)  # the biggest first: threads finish together
+    parts = _map_blocks(lambda b: _block_pairs(b, vecs, threshold, k, rows), work, workers)
     return _merge_pairs(ids, parts)
 
 
@@ -86,27 +89,36 @@ SPLIT_FACTOR = 8   # a block over this many times the mean block size (and over 
 SPLIT_MIN = 4096   # its product costs quadratically, its split about linearly
 
 
-def _blocks(vecs: np.ndarray, nblocks: int, probes: int, seed: int) -> list[np.ndarray]:
-    """Row positions of each k-means block; every row joins its ``probes`` nearest blocks. A
-    block far over the mean size (k-means blocks can be very uneven) is split by its own k-means,
-    each of its rows joining its 2 nearest parts (so parts of about the mean size): a pair inside
-    it is then found when the two also share one of those (near duplicates do)."""
+@dataclass(frozen=True)
+class Block:
+    """Row positions of one k-means block: ``rows[:own]`` are the rows whose nearest block it is
+    (ascending), the rest the visitors, rows for which it is one of their other probes (ascending)."""
+
+    rows: np.ndarray
+    own: int
+
+
+def _blocks(vecs: np.ndarray, nblocks: int, probes: int, seed: int) -> list[Block]:
+    """The k-means blocks, every row in its ``probes`` nearest. A block far over the mean size
+    (k-means blocks can be very uneven) is split by its own k-means over all its rows, each joining
+    its 2 nearest parts (so parts of about the mean size): a pair inside it is then found when one's
+    nearest part is among the other's 2 nearest (near duplicates' are)."""
     n = len(vecs)
     if nblocks <= 1:
-        return [np.arange(n)]
+        return [Block(np.arange(n), n)]
     blocks = _kmeans_blocks(vecs, nblocks, probes, seed)
-    mean = sum(map(len, blocks)) / len(blocks)
+    mean = sum(len(b.rows) for b in blocks) / len(blocks)
     out = []
-    for members in blocks:
-        if len(members) > max(SPLIT_MIN, SPLIT_FACTOR * mean):
-            parts = _kmeans_blocks(vecs[members], max(3, -(-2 * len(members) // max(1, round(mean)))), 2, seed)
-            out.extend(members[part] for part in parts)
+    for b in blocks:
+        if len(b.rows) > max(SPLIT_MIN, SPLIT_FACTOR * mean):
+            parts = _kmeans_blocks(vecs[b.rows], max(3, -(-2 * len(b.rows) // max(1, round(mean)))), 2, seed)
+            out.extend(Block(b.rows[part.rows], part.own) for part in parts)
         else:
-            out.append(members)
+            out.append(b)
     return out
 
 
-def _kmeans_blocks(vecs: np.ndarray, nblocks: int, probes: int, seed: int) -> list[np.ndarray]:
+def _kmeans_blocks(vecs: np.ndarray, nblocks: int, probes: int, seed: int) -> list[Block]:
     from bellm_search.index.factory import training_sample
     from bellm_search.index.faiss_index import kmeans, nearest_centroids
 
@@ -116,11 +128,11 @@ def _kmeans_blocks(vecs: np.ndarray, nblocks: int, probes: int, seed: int) -> li
     p = min(probes, nblocks)
     step = 1 << 15  # float32 copies of this many rows at a time
     assign = np.concatenate([nearest_centroids(vecs[s:s + step], centroids, p) for s in range(0, n, step)])
-    block_of = assign.ravel()
-    row_of = np.repeat(np.arange(n), assign.shape[1])
-    order = np.argsort(block_of, kind="stable")  # rows ascending inside a block
-    bounds = np.searchsorted(block_of[order], np.arange(nblocks + 1))
-    return [row_of[order[bounds[b]:bounds[b + 1]]] for b in range(nblocks)]
+    key = assign * p + np.arange(p)  # (block, probe rank), row-major: rows ascending within each
+    order = np.argsort(key.ravel(), kind="stable")
+    bounds = np.searchsorted(key.ravel()[order], np.arange(nblocks + 1) * p)
+    own = np.bincount(assign[:, 0], minlength=nblocks)
+    return [Block(order[bounds[b]:bounds[b + 1]] // p, int(own[b])) for b in range(nblocks)]
 
 
 BLOCK_BYTES = 64 << 20  # one block product's float32 matrix at most (per thread)
@@ -146,29 +158,32 @@ def _map_blocks(fn: Any, blocks: list, workers: int | None) -> list:
         return list(pool.map(fn, blocks))
 
 
-def _block_pairs(members: np.ndarray, vecs: np.ndarray, threshold: float, k: int, rows: int = 0):
-    """Pairs (row positions) >= threshold inside one block: each chunk of rows against the rows
-    from the chunk on (the upper triangle: about 5/8 of the full product with 4 chunks), only the
-    hits kept (sparse), then at most k per row: a pair stays when it is among the k best pairs of
-    either of its rows in this block; i < j after merging."""
-    block = vecs[members].astype(np.float32, copy=False)
-    m = len(members)
-    rows = rows or min(max(256, -(-m // 4)), max(1, BLOCK_BYTES // (4 * m)))
+def _block_pairs(b: Block, vecs: np.ndarray, threshold: float, k: int, rows: int = 0):
+    """Pairs (row positions) >= threshold inside one block: each chunk of its own rows against its
+    own rows from the chunk on (the upper triangle), each chunk of visitors against all its own
+    rows; only the hits kept (sparse), then at most k per row: a pair stays when it is among the k
+    best pairs of either of its rows in this block."""
+    block = vecs[b.rows].astype(np.float32, copy=False)
+    m, own = len(b.rows), b.own
+    rows = rows or min(max(256, -(-m // 4)), max(1, BLOCK_BYTES // (4 * own)))
+    chunks = [(s, min(s + rows, own), s) for s in range(0, own - 1, rows)]  # own rows: from the chunk on
+    chunks += [(s, min(s + rows, m), 0) for s in range(own, m, rows)]       # visitors: all own rows
     out_i, out_j, out_s = [], [], []
-    for s in range(0, m - 1, rows):
-        G = block[s:s + rows] @ block[s:].T  # (r, m - s): column c is row s + c
+    for s, e, c in chunks:
+        G = block[s:e] @ block[c:own].T  # column q is row c + q
         i, j = np.nonzero(G >= threshold)
-        later = j > i                         # the square part: only j > i (and never the diagonal)
-        i, j = i[later], j[later]
+        if s < own:                       # the square part of the upper triangle: j > i only
+            later = j > i
+            i, j = i[later], j[later]
         out_i.append(s + i)
-        out_j.append(s + j)
+        out_j.append(c + j)
         out_s.append(G[i, j])
     i, j, sc = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
     if len(i) > k:  # rank each pair among all pairs of its first row, and of its second
         best = _top_k(np.concatenate([i, j]), np.concatenate([sc, sc]), k, m)
         keep = best[:len(i)] | best[len(i):]
         i, j, sc = i[keep], j[keep], sc[keep]
-    return members[i], members[j], sc
+    return b.rows[i], b.rows[j], sc
 
 
 def _top_k(group: np.ndarray, score: np.ndarray, k: int, size: int) -> np.ndarray:
