@@ -137,3 +137,22 @@ def test_overlaps_in_chunks_over_threads_equal_one_sort(monkeypatch):
     monkeypatch.setattr(sh, "OVERLAP_CHUNK", 7)  # many chunks, the last one short
     for got, exp in zip(sh.batch_overlaps(a, b), whole):
         np.testing.assert_array_equal(got, exp)
+
+
+@pytest.mark.parametrize("rows", [0, 7])
+def test_a_block_multiplies_its_own_rows_once_and_visitors_against_them_only(rows):
+    """Each pair of a block's own vectors once (upper triangle), each visitor against every own
+    vector, never two visitors; in chunks of any size."""
+    import bellm_search.dedup.candidates as cand
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((80, 16)).astype(np.float32)
+    members = np.sort(rng.choice(80, 50, replace=False))
+    own, visitors = members[:30], members[30:]
+    block = cand.Block(np.concatenate([own, visitors]), len(own))
+    i, j, s = cand._block_pairs(block, x, -np.inf, k=10**6, rows=rows)
+    got = [tuple(sorted(p)) for p in zip(i.tolist(), j.tolist())]
+    want = {(a, b) for a in own.tolist() for b in own.tolist() if a < b}
+    want |= {tuple(sorted((v, o))) for v in visitors.tolist() for o in own.tolist()}
+    assert len(got) == len(set(got)) == len(want) and set(got) == want
+    np.testing.assert_allclose(s, np.einsum("ij,ij->i", x[i], x[j]), rtol=1e-5, atol=1e-5)
