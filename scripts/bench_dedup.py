@@ -11,7 +11,9 @@ previous default 0.7*cosine + 0.3*5-gram Jaccard with its 0.65 cosine floor, (c)
 encoder alone, (d) "jaccard": exact character 5-gram Jaccard, (e) with --minhash, MinHash (128
 permutations). Each method's threshold is chosen by the same rule on the same sets. Then the
 pair model's feature ablation and a leave-one-set-out table (fit and threshold on two sets, AP and
-F1 on the third). --write-calibration stores the fitted model (bellm_search/calibration.json) and
+F1 on the third; "nested": the features too chosen on the two), with where each held-out set's F1
+is lost (the weights or the threshold). Without --features, which of the redundant jaccard5 /
+containment / length ratio to leave out is chosen by leave-one-set-out (eval/calibrate.py). --write-calibration stores the fitted model (bellm_search/calibration.json) and
 the dev pairs' features (bellm_search/data/calibration_dev.npz, for users' `calibrate`).
 
 scale: dedup time and peak RSS against the exact all-pairs reference scored the same way.
@@ -82,15 +84,23 @@ def print_row(name: str, res: dict) -> None:
 
 
 def quality(args: argparse.Namespace) -> None:
-    from bellm_search.eval.calibrate import (evaluate, fit, leave_one_set_out, model_scores, precision_threshold,
+    from bellm_search.eval.calibrate import (choose_features, evaluate, fit, model_scores, precision_threshold,
                                              save_dev_features, shipped_calibration)
     from bellm_search.pairs.features import FEATURES
 
     sets, sha, identity = dev_sets(args.adapter, args.limit, args.device)
     names = [s.name for s in sets]
     labels = [s.y for s in sets]
-    shipped = tuple(args.features.split(",")) if args.features else FEATURES
     print(f"\nprecision rule: mean precision >= {args.min_precision}; cosine floor {args.cosine_floor}")
+    if args.features:
+        shipped = tuple(args.features.split(","))
+    else:
+        shipped, options = choose_features(sets, FEATURES, args.cosine_floor, args.min_precision)
+        print("features (leave-one-set-out mean AP / F1 of each option; the best AP + F1 is shipped):")
+        for opt, m in options.items():
+            left = [f for f in FEATURES if f not in opt]
+            print(f"  {'without ' + ', '.join(left) if left else 'all':<26} {100 * m['ap']:5.1f} / {100 * m['f1']:5.1f}"
+                  + ("   <- chosen" if opt == shipped else ""))
     model = fit(sets, shipped, args.cosine_floor, args.min_precision)
     print_row("model", evaluate(model_scores(model, sets), labels, model.threshold, names))
     for method in ("mixed", "cosine", "jaccard") + (("minhash",) if args.minhash else ()):
@@ -107,10 +117,7 @@ def quality(args: argparse.Namespace) -> None:
         sub = tuple(f for f in shipped if f != drop and f not in (drop if isinstance(drop, tuple) else ()))
         m = fit(sets, sub, args.cosine_floor, args.min_precision)
         print_row(f"  - {drop}", evaluate(model_scores(m, sets), labels, m.threshold, names))
-    print("\nleave-one-set-out (fit and threshold on the other two sets):")
-    loso = leave_one_set_out(sets, shipped, args.cosine_floor, args.min_precision)
-    print("  model   " + "  ".join(f"{n} AP {100 * loso[n]['ap']:.1f} F1 {100 * loso[n]['f1']:.1f}" for n in names)
-          + f"   mean AP {100 * loso['mean']['ap']:.1f} F1 {100 * loso['mean']['f1']:.1f}")
+    loso_report(sets, model, shipped, args, nested=not args.features)
     print(f"\nweights: " + ", ".join(f"{f} {w:.2f}" for f, w in zip(model.features, model.weights))
           + f", bias {model.bias:.2f}; threshold P >= {model.threshold:.3f}; candidate cosine >= {model.candidate_cosine():.3f}; "
           f"cosine-only threshold {model.cosine_threshold:.3f}")
@@ -123,11 +130,42 @@ def quality(args: argparse.Namespace) -> None:
     if args.write_calibration:
         from bellm_search._fs import write_json_atomic
 
-        cal = shipped_calibration(sets, sha, identity, shipped, args.cosine_floor, args.min_precision)
+        cal = shipped_calibration(sets, sha, identity, FEATURES if not args.features else shipped, args.cosine_floor,
+                                  args.min_precision, select=not args.features)
         write_json_atomic(ROOT / "bellm_search" / "calibration.json", cal)
         save_dev_features(sets, sha)
         print(f"wrote bellm_search/calibration.json (threshold {cal['threshold']}, mean AP {cal['mean_ap']}, "
               f"F1 {cal['mean_f1_at_threshold']}) and bellm_search/data/calibration_dev.npz for adapter {sha[:12]}")
+
+
+def loso_report(sets: list, model, shipped: tuple, args: argparse.Namespace, nested: bool) -> None:
+    """Leave-one-set-out (fit and threshold on the other sets), nested when the features are
+    chosen too, and where each held-out set's F1 is lost: F1 with the model fitted on all sets or
+    on the others, each at the threshold the rule picks on all sets or on the others."""
+    from bellm_search.eval.calibrate import fit, leave_one_set_out, model_scores, precision_threshold
+    from bellm_search.eval.metrics import prf_at
+    from bellm_search.pairs.features import FEATURES
+
+    print("\nleave-one-set-out (fit and threshold on the other two sets), AP / F1 (P, R) at threshold:")
+    runs = [("model", leave_one_set_out(sets, shipped, args.cosine_floor, args.min_precision))]
+    if nested:
+        runs.append(("nested", leave_one_set_out(sets, FEATURES, args.cosine_floor, args.min_precision, select=True)))
+    for label, loso in runs:
+        print(f"  {label:<7} " + "  ".join(f"{s.name} {100 * loso[s.name]['ap']:.1f} / {100 * loso[s.name]['f1']:.1f} "
+                                           f"({100 * loso[s.name]['precision']:.0f}, {100 * loso[s.name]['recall']:.0f}) "
+                                           f"at {loso[s.name]['threshold']:.3f}" for s in sets)
+              + f"   mean AP {100 * loso['mean']['ap']:.1f} F1 {100 * loso['mean']['f1']:.1f}")
+    every = model_scores(model, sets)
+    print("  held-out F1: all-sets model at all-sets / other-sets threshold; other-sets model at all-sets / other-sets threshold")
+    for k, s in enumerate(sets):
+        rest = [x for j, x in enumerate(sets) if j != k]
+        other = fit(rest, shipped, args.cosine_floor, args.min_precision)
+        t_rest = precision_threshold([every[j] for j in range(len(sets)) if j != k], [x.y for x in rest], args.min_precision)
+        own = model_scores(other, [s])[0]
+        f1 = [prf_at(sc, s.y, t)["f1"] for sc, t in ((every[k], model.threshold), (every[k], t_rest),
+                                                      (own, model.threshold), (own, other.threshold))]
+        print(f"    {s.name:<12} " + " / ".join(f"{100 * v:.1f}" for v in f1)
+              + f"   (thresholds {model.threshold:.3f}, {t_rest:.3f}; other-sets model's own {other.threshold:.3f})")
 
 
 # ----------------------------------------------------------------------------- scale

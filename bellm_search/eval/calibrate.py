@@ -3,7 +3,10 @@ and a collection's own on the user's labels (``COLL/calibration.json``).
 
 The decision rule (both): the lowest probability threshold whose precision, averaged over the
 sets, reaches ``TARGET_PRECISION`` -- deleting a post that is not a duplicate loses data, so the
-default favours precision. Each dev set weighs the same in the fit whatever its size.
+default favours precision. Each dev set weighs the same in the fit whatever its size and has its
+own intercept (the sets' base rates differ: 27 to 68 % duplicates), so the weights come from
+contrasts within each set; the model's bias is the intercepts' weighted mean. Of the redundant
+jaccard5 / containment / length ratio, the one to leave out is chosen by leave-one-set-out.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from bellm_search.pairs.features import FEATURES
 from bellm_search.pairs.model import COSINE_FLOOR, PairModel, fit_pair_model
 
 TARGET_PRECISION = 0.75
-SHIPPED_FEATURES = FEATURES
+SHIPPED_FEATURES = FEATURES  # the candidates; the shipped model's own are in its calibration.json
 DEV_FEATURES = Path(__file__).resolve().parents[1] / "data" / "calibration_dev.npz"
 USER_SHARE = 2.0  # the user's labels together weigh twice all dev pairs together
 MIN_LABELS = 10
@@ -76,9 +79,11 @@ def fit(sets: Sequence[Any], names: Sequence[str] = SHIPPED_FEATURES, floor: flo
     X = np.concatenate([s.X[:, cols] for s in sets]) if sets else np.zeros((0, len(cols)))
     y = np.concatenate([s.y for s in sets]) if sets else np.zeros(0)
     w = set_weights([len(s.y) for s in sets]) if sets else np.zeros(0)
+    groups = np.repeat(np.arange(len(sets)), [len(s.y) for s in sets])
     if extra is not None:
         X, y, w = np.concatenate([X, extra[0][:, cols]]), np.concatenate([y, extra[1]]), np.concatenate([w, extra[2]])
-    model = fit_pair_model(X, y, names, w, floor)
+        groups = np.r_[groups, np.full(len(extra[1]), len(sets))]
+    model = fit_pair_model(X, y, names, w, floor, groups=groups)
     if not sets:
         return model
     scores = [model.score(s.X[:, cols]) for s in sets]
@@ -111,34 +116,74 @@ def model_scores(model: PairModel, sets: Sequence[Any]) -> list[np.ndarray]:
 
 
 def leave_one_set_out(sets: Sequence[Any], names: Sequence[str] = SHIPPED_FEATURES,
-                      floor: float = COSINE_FLOOR, target: float = TARGET_PRECISION) -> dict[str, Any]:
-    """Fit the model and choose its threshold on all sets but one; AP and F1 on the held-out one."""
-    out = {}
+                      floor: float = COSINE_FLOOR, target: float = TARGET_PRECISION,
+                      select: bool = False) -> dict[str, Any]:
+    """Fit the model and choose its threshold on all sets but one; AP and F1 on the held-out one.
+    ``select``: the features too are chosen on those sets (``choose_features``, nested), as the
+    shipped calibration chooses them on all sets."""
+    out: dict[str, Any] = {}
     for held in range(len(sets)):
         rest = [s for k, s in enumerate(sets) if k != held]
-        model = fit(rest, names, floor, target)
+        chosen = choose_features(rest, names, floor, target)[0] if select else tuple(names)
+        model = fit(rest, chosen, floor, target)
         s = model_scores(model, [sets[held]])[0]
-        out[sets[held].name] = {"ap": average_precision(s, sets[held].y), **prf_at(s, sets[held].y, model.threshold)}
-    out["mean"] = {k: float(np.mean([v[k] for v in out.values()])) for k in ("ap", "f1")}
+        out[sets[held].name] = {"ap": average_precision(s, sets[held].y), **prf_at(s, sets[held].y, model.threshold),
+                                "threshold": model.threshold, "features": list(chosen)}
+    out["mean"] = {k: float(np.mean([v[k] for v in out.values()])) for k in ("ap", "f1", "precision", "recall")}
     return out
+
+
+# jaccard5 = c r / (1 + r - c r), c the containment and r the length ratio, all three over the same
+# 5-gram hash sets: one of them says nothing the other two do not, and that redundancy lets the
+# weights trade between them differently on each set. Which one to leave out (or none) is chosen
+# by leave-one-set-out, and the reported leave-one-set-out figures choose it inside (nested).
+REDUNDANT = ("jaccard5", "containment", "length_ratio")
+
+
+def feature_options(names: Sequence[str] = SHIPPED_FEATURES) -> list[tuple[str, ...]]:
+    """``names``, then ``names`` without each of REDUNDANT (only when all three are in it)."""
+    names = tuple(names)
+    if not set(REDUNDANT) <= set(names):
+        return [names]
+    return [names] + [tuple(n for n in names if n != r) for r in REDUNDANT]
+
+
+def choose_features(sets: Sequence[Any], names: Sequence[str] = SHIPPED_FEATURES, floor: float = COSINE_FLOOR,
+                    target: float = TARGET_PRECISION) -> tuple[tuple[str, ...], dict[tuple[str, ...], dict]]:
+    """The option of ``feature_options(names)`` with the best leave-one-set-out mean AP + F1 at
+    the precision rule (ties: fewer features, then the earlier option), and every option's
+    leave-one-set-out means. Fewer than two sets: ``names`` as they are."""
+    options = feature_options(names)
+    if len(sets) < 2 or len(options) == 1:
+        return tuple(names), {}
+    means = {opt: leave_one_set_out(sets, opt, floor, target)["mean"] for opt in options}
+    best = max(options, key=lambda o: (round(means[o]["ap"] + means[o]["f1"], 9), -len(o), -options.index(o)))
+    return best, means
 
 
 # ----------------------------------------------------------------------------- the shipped calibration
 def shipped_calibration(sets: Sequence[Any], adapter_sha: str, encoder: dict[str, Any],
                         names: Sequence[str] = SHIPPED_FEATURES, floor: float = COSINE_FLOOR,
-                        target: float = TARGET_PRECISION) -> dict[str, Any]:
-    """The content of ``bellm_search/calibration.json`` for the encoder ``encoder`` (its identity)."""
-    model = fit(sets, names, floor, target)
+                        target: float = TARGET_PRECISION, select: bool = True) -> dict[str, Any]:
+    """The content of ``bellm_search/calibration.json`` for the encoder ``encoder`` (its identity);
+    ``select``: the features chosen among ``feature_options(names)`` (else ``names``)."""
+    chosen = choose_features(sets, names, floor, target)[0] if select else tuple(names)
+    model = fit(sets, chosen, floor, target)
     dev = evaluate(model_scores(model, sets), [s.y for s in sets], model.threshold, [s.name for s in sets])
-    loso = leave_one_set_out(sets, names, floor, target)
+    loso = leave_one_set_out(sets, names if select else chosen, floor, target, select=select)
+    left_out = [n for n in names if n not in chosen]
     return {"version": 2, "model": model.to_dict(), "threshold": round(model.threshold, 6),
             "cosine_threshold": round(model.cosine_threshold, 6), "cosine_floor": floor,
             "adapter_sha256": adapter_sha, "encoder": {k: encoder.get(k) for k in ("model", "adapter_sha256")},
             "chosen_by": f"logistic pair model fitted on {', '.join(s.name for s in sets)} (each set weighted "
-                         f"equally); threshold: the lowest with mean precision >= {target}",
+                         f"equally, with its own intercept; the model's bias is their weighted mean); "
+                         + (f"left out {', '.join(left_out) or 'no feature'} (of the redundant {'/'.join(REDUNDANT)}) "
+                            f"by leave-one-set-out mean AP + F1; " if select else "")
+                         + f"threshold: the lowest with mean precision >= {target}",
             "pairs": {s.name: int(len(s.y)) for s in sets},
             "mean_ap": round(dev["mean"]["ap"], 4), "mean_f1_at_threshold": round(dev["mean"]["f1"], 4),
-            "leave_one_set_out": {"mean_ap": round(loso["mean"]["ap"], 4), "mean_f1": round(loso["mean"]["f1"], 4)},
+            "leave_one_set_out": {"mean_ap": round(loso["mean"]["ap"], 4), "mean_f1": round(loso["mean"]["f1"], 4),
+                                  "features_chosen_inside": select},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

@@ -18,6 +18,7 @@ from bellm_search.errors import ConfigError
 from bellm_search.pairs.features import FEATURES
 
 COSINE_FLOOR = 0.5  # the candidate-search bound of the shipped model (scripts/bench_dedup.py floor sweep)
+GROUP_PENALTY = 1000.0  # a group's own intercept is penalised this many times less than a weight
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -30,29 +31,40 @@ def logit(p: float) -> float:
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, l2: float = 1e-2,
-                 nonneg: bool = True, iters: int = 50) -> tuple[np.ndarray, float]:
+                 nonneg: bool = True, iters: int = 50, groups: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Weighted L2-penalised logistic regression by Newton steps on standardised columns;
     ``nonneg``: a column whose weight comes out negative is dropped (weight 0) and the rest refit.
-    Returns (weights, bias) on the raw columns."""
+    ``groups`` (one id per row, e.g. the dev set a pair comes from): each group gets its own
+    intercept (penalised ``GROUP_PENALTY`` x less than the weights: barely, so that a group of one
+    class stays finite), so the weights come from contrasts within the groups and the groups' base
+    rates (which differ) do not leak into them; the returned bias is the groups' intercepts
+    averaged with their total weights. Returns (weights, bias) on the raw columns."""
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
     w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
     w = w / w.mean()
+    ids, g = np.unique(np.zeros(len(y), dtype=np.int64) if groups is None else np.asarray(groups), return_inverse=True)
+    dummies = (g[:, None] == np.arange(1, len(ids))[None, :]).astype(np.float64)  # the first group: the reference
+    share = np.bincount(g, weights=w, minlength=len(ids)) / w.sum()
     active = np.ones(X.shape[1], dtype=bool)
     while True:
-        coef, bias = _newton(X[:, active], y, w, l2, iters)
+        coef, bias = _newton(np.column_stack([X[:, active], dummies]), y, w, l2, iters, groups=dummies.shape[1])
+        coef, offsets = coef[:active.sum()], np.r_[0.0, coef[active.sum():]]
         if not nonneg or (coef >= 0).all():
             out = np.zeros(X.shape[1])
             out[active] = coef
-            return out, bias
+            return out, float(bias + share @ offsets)
         active[np.flatnonzero(active)[np.argmin(coef)]] = False
 
 
-def _newton(X: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float, iters: int) -> tuple[np.ndarray, float]:
+def _newton(X: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float, iters: int,
+            groups: int = 0) -> tuple[np.ndarray, float]:
+    """Newton steps on standardised columns; the last ``groups`` columns (group indicators) are
+    penalised ``GROUP_PENALTY`` times less."""
     mu, sd = X.mean(0), X.std(0)
     sd = np.where(sd > 1e-12, sd, 1.0)
     Z = np.column_stack([np.ones(len(y)), (X - mu) / sd])
     beta = np.zeros(Z.shape[1])
-    penalty = np.r_[0.0, np.full(Z.shape[1] - 1, l2)] * len(y)
+    penalty = np.r_[0.0, np.full(Z.shape[1] - 1 - groups, l2), np.full(groups, l2 / GROUP_PENALTY)] * len(y)
     for _ in range(iters):
         p = sigmoid(Z @ beta)
         grad = Z.T @ (w * (p - y)) + penalty * beta
@@ -146,15 +158,16 @@ class PairModel:
 
 def fit_pair_model(X: np.ndarray, y: np.ndarray, names: Sequence[str], weight: np.ndarray | None = None,
                    cosine_floor: float = COSINE_FLOOR, threshold: float = 0.5, cosine_threshold: float = 1.0,
-                   l2: float = 1e-2) -> PairModel:
+                   l2: float = 1e-2, groups: np.ndarray | None = None) -> PairModel:
     """Fit the full model and the cosine-only model on the pairs at or above the floor (only those
-    are ever scored by dedup)."""
+    are ever scored by dedup); ``groups``: one intercept per group (``fit_logistic``)."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     c = list(names).index("cosine")
     keep = (X[:, c] >= cosine_floor) & ~np.isnan(X).any(1)
     wt = None if weight is None else np.asarray(weight)[keep]
-    coef, bias = fit_logistic(X[keep], y[keep], wt, l2)
-    (cw,), cb = fit_logistic(X[keep][:, [c]], y[keep], wt, l2)
+    grp = None if groups is None else np.asarray(groups)[keep]
+    coef, bias = fit_logistic(X[keep], y[keep], wt, l2, groups=grp)
+    (cw,), cb = fit_logistic(X[keep][:, [c]], y[keep], wt, l2, groups=grp)
     return PairModel(tuple(names), tuple(float(v) for v in coef), bias, threshold, float(cw), cb, cosine_threshold,
                      cosine_floor)
