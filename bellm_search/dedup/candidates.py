@@ -58,7 +58,9 @@ def block_probes(threshold: float) -> int:
     """Blocks each vector joins: 2 keep >= 99 % of the clusters at cosine >= 0.75; lower
     thresholds (the mixed score's candidates at its 0.65 floor) reach farther neighbours and need 3
     (50k real tweet vectors: 98.3 % of the exact mixed-score pairs clustered together with 2,
-    99.2 % with 3; raising k from 10 to 40 did not help)."""
+    99.2 % with 3; raising k from 10 to 40 did not help; measured when a pair was searched in every
+    block the two shared, a superset of the IVF lists' pairs: on 50k synthetic vectors the lists
+    find 99.7 % of those pairs at cosine >= 0.5, 99.99 % in one cluster)."""
     return 2 if threshold >= 0.75 else 3
 
 
