@@ -156,3 +156,18 @@ def test_a_block_multiplies_its_own_rows_once_and_visitors_against_them_only(row
     want |= {tuple(sorted((v, o))) for v in visitors.tolist() for o in own.tolist()}
     assert len(got) == len(set(got)) == len(want) and set(got) == want
     np.testing.assert_allclose(s, np.einsum("ij,ij->i", x[i], x[j]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_promoted_copy_keeps_its_stored_hashes(tmp_path):
+    """Deleting a first copy re-adds its earliest exact copy under a new id: its 5-gram and word
+    hashes go with it (read without computing them)."""
+    coll = Collection.create(tmp_path / "c", encoder=FakeEncoder(), normalize_social=True)
+    coll.ingest([{"id": "a", "text": "Big sale today!"}, {"id": "b", "text": "RT @shop: big sale today!"},
+                 {"id": "z", "text": "something else"}])
+    coll.delete(["a"])
+    new = coll.store.lookup_key("b")
+    want = features.record_hash_bytes(coll.store.get_doc(new))
+    assert new == 3 and want["words"]
+    for name in ("shingles", "words"):
+        assert coll.store.shingles([new], db_name=name)[0].tobytes() == want[name]
+    coll.close()
