@@ -429,3 +429,12 @@ def test_init_adapter_starts_from_its_lora_weights_and_refuses_another_layout(tm
         assert torch.equal(p.detach(), saved[name.replace(".default", "")]), name
     with pytest.raises(ConfigError, match="does not match"):
         prepare_run(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "third"), train_layers=2, init_adapter=str(first)))
+    # LoRA on more layers than the adapter covers: its layers get its weights, the others start at B = 0
+    wider = prepare_run(tiny_cfg(tmp_path, tiny_llama, output=str(tmp_path / "wide"), train_layers=4, init_adapter=str(first)))
+    params = {k.replace(".default", ""): p for k, p in wider.model.named_parameters() if "lora_" in k}
+    assert len(params) > len(saved)
+    for name, p in params.items():
+        if name in saved:
+            assert torch.equal(p.detach(), saved[name]), name
+        elif "lora_B" in name:
+            assert not p.detach().any(), name

@@ -53,7 +53,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/checkpoint.pt after an interruption.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint every N steps.", min=1)] = 50,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward (less memory, slower).")] = False,
-    init_adapter: Annotated[Optional[Path], typer.Option("--init-adapter", help="Start from this adapter's LoRA weights (continued training; same --train-layers, --lora-r, --lora-targets); 'default' = the shipped adapter.")] = None,
+    init_adapter: Annotated[Optional[Path], typer.Option("--init-adapter", help="Start from this adapter's LoRA weights (continued training; same --lora-r and --lora-targets, --train-layers covering the adapter's layers: the others start fresh); 'default' = the shipped adapter.")] = None,
     dev: Annotated[Optional[Path], typer.Option("--dev", help="STS file scored at the end (Spearman x 100, stored in bellm_adapter.json).")] = None,
     dev_pairs: Annotated[Optional[list[Path]], typer.Option("--dev-pairs", help="Labelled pair file(s) (jsonl, twitter-url, pit2015, mrpc) scored by mean AP x 100 of cosine; with --dev, models are chosen on the mean of the two. Repeatable.")] = None,
     dev_every: Annotated[Optional[int], typer.Option("--dev-every", min=1, help="Also score the dev sets every N steps; the best adapter so far is kept in OUTPUT/best.")] = None,

@@ -8,6 +8,7 @@ states of a text independent of its batch, which is what lets cache.py store the
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -21,6 +22,8 @@ from bellm_search.encoder.loading import load_base_model
 from bellm_search.encoder.pooling import pool
 from bellm_search.errors import ConfigError
 from bellm_search.training.packed import packed_top_forward
+
+log = logging.getLogger(__name__)
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -143,8 +146,11 @@ def full_top_layers(base: nn.Module, start: int, bidirectional_layers: int) -> n
 
 def load_lora_weights(model: nn.Module, folder: Path) -> None:
     """Start training from an existing adapter's LoRA weights (continued training). The adapter
-    must have the same rank, targets and layers as the model being trained: every LoRA tensor of
-    the model must be found, with its shape, or the run is refused."""
+    must have the same rank and targets; its layers must be the model's or a subset of them (e.g.
+    an adapter on the top 16 layers continued with LoRA on all 30): layers it does not cover start
+    fresh (B = 0, so the model starts as the adapter's). Anything else is refused."""
+    import re
+
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -153,8 +159,14 @@ def load_lora_weights(model: nn.Module, folder: Path) -> None:
         raise ConfigError(f"--init-adapter {folder}: no adapter_model.safetensors there")
     state = load_file(str(file))
     result = set_peft_model_state_dict(model, state)
+    layer = re.compile(r"\.layers\.(\d+)\.")
+    covered = {m.group(1) for k in state if (m := layer.search(k))}
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-    if missing or getattr(result, "unexpected_keys", None):
+    partial = [k for k in missing if (m := layer.search(k)) is None or m.group(1) in covered]
+    if partial or getattr(result, "unexpected_keys", None):
         raise ConfigError(f"--init-adapter {folder} does not match this run's LoRA layout "
-                          f"({len(missing)} LoRA tensors missing, {len(result.unexpected_keys)} unexpected): "
-                          "use the same --train-layers, --lora-r and --lora-targets")
+                          f"({len(partial)} LoRA tensors missing, {len(result.unexpected_keys)} unexpected): "
+                          "use the same --lora-r and --lora-targets, and --train-layers at least the adapter's")
+    if missing:
+        log.info("--init-adapter %s covers %d layers; %d LoRA tensors of the other layers start fresh",
+                 folder, len(covered), len(missing))
