@@ -14,20 +14,12 @@ from bellm_search.corpus import SEEN
 EXACT = 1.0  # the link score of an exact copy
 
 
-def shingle_bytes(record: dict[str, Any]) -> bytes:
-    """The stored form of a record's shingle hashes (b"" without text)."""
-    from bellm_search.pairs.shingles import shingle_hashes, to_bytes
-
-    text = record.get("text")
-    return to_bytes(shingle_hashes(text)) if isinstance(text, str) else b""
-
-
 def promote_first_copies(w: Any, store: Any, firsts: list[int]) -> list[tuple[int, int]]:
     """The documents ``firsts`` were deleted in the writer ``w``: each hands its vector to its
     earliest live exact copy, re-added under a new int id (with its own text hash, else the first
     copy's; its arrival order kept in ``SEEN`` for ``--keep first``), and its other duplicates are
     linked to that id. Returns (old id, new id) of each promoted copy."""
-    from bellm_search.pairs.features import record_word_bytes
+    from bellm_search.pairs.features import record_shingle_bytes, record_word_bytes
 
     gone = set(firsts)
     dups: dict[int, list[tuple[int, float]]] = {}
@@ -42,7 +34,7 @@ def promote_first_copies(w: Any, store: Any, firsts: list[int]) -> list[tuple[in
             continue
         old = min(exact)
         h = store.text_hash(old) or store.text_hash(first)
-        shingles = store.shingles([old], compute=shingle_bytes)[0].tobytes()
+        shingles = store.shingles([old], compute=record_shingle_bytes)[0].tobytes()
         words = store.shingles([old], compute=record_word_bytes, db_name="words")[0].tobytes()
         source_id = record.pop("id")
         record.pop("dup_of", None)

@@ -18,7 +18,6 @@ import numpy as np
 from bellm_search.collection import check as checking
 from bellm_search.collection import ingest as ingesting
 from bellm_search.collection import search
-from bellm_search.collection.copies import shingle_bytes
 from bellm_search.collection.index_state import IndexState
 from bellm_search.collection.lock import writer_lock
 from bellm_search.collection.manifest import (MANIFEST, META_DIR, encoder_for, new_manifest, read_manifest,
@@ -26,7 +25,7 @@ from bellm_search.collection.manifest import (MANIFEST, META_DIR, encoder_for, n
 from bellm_search.config import EncoderConfig, IndexConfig
 from bellm_search.corpus import Record
 from bellm_search.errors import CollectionError
-from bellm_search.pairs.features import record_word_bytes
+from bellm_search.pairs.features import record_shingle_bytes, record_word_bytes
 
 
 class Collection:
@@ -46,7 +45,7 @@ class Collection:
             self.store.close()
             raise CollectionError(f"{path / MANIFEST}: dim {self.dim}, but the store holds {stored_dim}-d vectors")
         if not readonly:  # collections from before shingles were stored get them (once, resumable)
-            self.store.fill_shingles(shingle_bytes)
+            self.store.fill_shingles(record_shingle_bytes)
             self.store.fill_shingles(record_word_bytes, db_name="words")
         self.index_state = IndexState(path, self.store, manifest, self.dim)
         self._encoder = encoder

@@ -19,9 +19,9 @@ import numpy as np
 
 from bellm_search._fs import read_json_object
 from bellm_search.errors import ConfigError
-from bellm_search.pairs.features import doc_side, pair_features, stored_sides, text_pair_features
+from bellm_search.pairs.features import doc_side, pair_features, record_shingle_bytes, stored_sides, text_pair_features
 from bellm_search.pairs.model import PairModel
-from bellm_search.pairs.shingles import from_bytes, shingle_hashes, to_bytes
+from bellm_search.pairs.shingles import from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +180,6 @@ def doc_sides(coll: Any, ids_a: np.ndarray, ids_b: np.ndarray, with_words: bool)
     return [sides[int(i)] for i in ids_a], [sides[int(i)] for i in ids_b]
 
 
-def _shingles_of(doc: dict) -> bytes:
-    text = doc.get("text")
-    return to_bytes(shingle_hashes(text)) if isinstance(text, str) else b""
-
-
 def _sides(coll: Any, ids: np.ndarray, with_words: bool) -> list:
     stored = getattr(coll.store, "shingles", None)
     if with_words and stored is not None:  # the 5-gram and word hashes stored at ingest
@@ -192,9 +187,9 @@ def _sides(coll: Any, ids: np.ndarray, with_words: bool) -> list:
     if with_words:  # a store without stored hashes (tests' stand-ins): from the text
         return [doc_side((d or {}).get("text")) for d in coll.store.get_docs(ids.tolist())]
     if stored is not None:
-        hashes = stored(ids.tolist(), compute=_shingles_of)
+        hashes = stored(ids.tolist(), compute=record_shingle_bytes)
     else:
-        hashes = [from_bytes(_shingles_of(d or {})) for d in coll.store.get_docs(ids.tolist())]
+        hashes = [from_bytes(record_shingle_bytes(d or {})) for d in coll.store.get_docs(ids.tolist())]
     from bellm_search.pairs.features import DocSide
 
     return [DocSide(h) if len(h) else None for h in hashes]

@@ -69,6 +69,12 @@ def record_hash_bytes(record: Mapping[str, Any]) -> dict[str, bytes]:
     return {"shingles": to_bytes(normalized_shingle_hashes(norm, SHINGLE)), "words": to_bytes(word_hashes(norm))}
 
 
+def record_shingle_bytes(record: Mapping[str, Any]) -> bytes:
+    """A record's stored 5-gram hashes (b"" without text): the migration of older stores."""
+    text = record.get("text")
+    return to_bytes(normalized_shingle_hashes(normalize_text(text, social=True), SHINGLE)) if isinstance(text, str) else b""
+
+
 def record_word_bytes(record: Mapping[str, Any]) -> bytes:
     """A record's stored word hashes (b"" without text): the migration of older stores."""
     text = record.get("text")
@@ -81,7 +87,7 @@ def stored_sides(store: Any, ids: Sequence[int]) -> list[DocSide | None]:
     ``doc_side(record["text"])``: None without text; a document with neither hash (no text, or a
     text without a word or shingle) is told apart by reading its record."""
     ids = [int(i) for i in ids]
-    shingles = store.shingles(ids, compute=lambda r: record_hash_bytes(r)["shingles"])
+    shingles = store.shingles(ids, compute=record_shingle_bytes)
     words = store.shingles(ids, compute=record_word_bytes, db_name="words")
     blank = [i for i, s, w in zip(ids, shingles, words) if not (len(s) or len(w))]
     has_text = {i: isinstance((d or {}).get("text"), str) for i, d in zip(blank, store.get_docs(blank))}
