@@ -193,6 +193,30 @@ def test_mine_negatives_script_adds_a_mined_copy_of_rows(tmp_path, tiny_llama, m
         assert r["negative"] not in (r["anchor"], r["positive"])
 
 
+def test_mining_with_the_dev_sets_leaves_a_cache_the_training_run_reuses(tmp_path, tiny_llama, monkeypatch):
+    import importlib.util
+
+    from bellm_search.cli.train import dev_scorer
+
+    monkeypatch.setenv("BELLM_CACHE", str(tmp_path / "cache"))
+    out = train(tiny_cfg(tmp_path, tiny_llama, lora_dropout=0.0, output=str(tmp_path / "first")))
+    pairs = tmp_path / "dev_pairs.jsonl"  # texts the training data does not hold
+    pairs.write_text("".join(json.dumps({"text1": f"dev text {i}", "text2": f"other dev text {i}", "label": i % 2})
+                             + "\n" for i in range(6)))
+    spec = importlib.util.spec_from_file_location("mine", Path(__file__).parents[1] / "scripts" / "mine_negatives.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mined = tmp_path / "mined.jsonl"
+    mod.main(["--adapter", str(out), "--data", str(tmp_path / "data.jsonl"), "--out", str(mined),
+              "--model", str(tiny_llama), "--margin", "2.0", "--dev-pairs", str(pairs)])
+    caches = sorted((tmp_path / "cache" / "train-cache").glob("lower-*.pt"))  # the script's cache
+    assert len(caches) == 1
+    train(tiny_cfg(tmp_path, tiny_llama, data=str(mined), cache_root=str(caches[0].parent), max_steps=1,
+                   dtype="auto", device="auto", lora_dropout=0.0,  # as the script ran
+                   output=str(tmp_path / "second")), dev=dev_scorer(None, [pairs]))
+    assert sorted(caches[0].parent.glob("lower-*.pt")) == caches  # reused, none built
+
+
 def test_resume_refuses_other_settings(tmp_path, tiny_llama):
     cfg = tiny_cfg(tmp_path, tiny_llama, checkpoint_every=1, crash_after_step=1)
     with pytest.raises(RuntimeError):
