@@ -5,6 +5,8 @@
     python scripts/bench_encode.py --whole-process 2000            # `bellm-search embed` vs a MiniLM script
     python scripts/bench_encode.py --startup --rounds 3            # each start-up stage, merge cache off/on
     python scripts/bench_encode.py --plan 2000 --rounds 2          # batch plans: token budget only vs bounded padding
+    python scripts/bench_encode.py --n 1000 --retrained L20 runs/models/smollm2-L20 runs/abl/l20-nli-tw-top16-k8-s42
+                                   # + a row for another model/adapter pair (e.g. a truncated model, retrained)
 
 All rows encode the same tweets (../shared/data/tweeteval, file order) with the shipped adapter,
 alternating round by round so machine load hits them alike; medians are reported. "today" is the
@@ -81,7 +83,7 @@ def path_flops(enc: Encoder, ids: list[list[int]]) -> float:
 
 
 # ----------------------------------------------------------------------------- the variants
-def variants(adapter: str | None, short_prompt: bool) -> list[tuple[str, Callable[[], Any]]]:
+def variants(adapter: str | None, short_prompt: bool, retrained: list[list[str]] = ()) -> list[tuple[str, Callable[[], Any]]]:
     kw = {"adapter": adapter} if adapter else {}
     rows: list[tuple[str, Callable[[], Any]]] = [
         ("today: full path, bf16", lambda: Encoder(reuse_prefix=False, **kw)),
@@ -90,6 +92,8 @@ def variants(adapter: str | None, short_prompt: bool) -> list[tuple[str, Callabl
     ]
     if short_prompt:
         rows.append((f"option: prompt {SHORT_PROMPT!r} (needs retraining)", lambda: Encoder(prompt=SHORT_PROMPT, **kw)))
+    for label, model, other in retrained:  # another model: its vectors are not comparable to the reference
+        rows.append((f"retrained: {label}", lambda model=model, other=other: Encoder(model=model, adapter=other)))
     rows.append(("reference: full path, fp32", lambda: Encoder(dtype="float32", reuse_prefix=False, **kw)))
     return rows
 
@@ -136,7 +140,8 @@ def report(encoders: dict[str, Any], texts: list[str], times: dict[str, list[flo
             ids = enc.tokenize(texts)
             tokens, gf = sum(len(x) for x in ids), path_flops(enc, ids) / sec / 1e9
             mine = vecs[name][: len(ref)]
-            dev = f"{np.abs(mine - ref).max():.2e} / {(mine * ref).sum(1).min():.4f}"
+            dev = ("— (another model)" if name.startswith("retrained") else
+                   f"{np.abs(mine - ref).max():.2e} / {(mine * ref).sum(1).min():.4f}")
         print(f"| {name} | {len(texts) / sec:.1f} | {tokens / sec:.0f} | {gf:.0f} | {100 * gf / peak:.1f} % | "
               f"{base / sec:.2f} | {dev} |")
     print(f"\nbf16 GEMM peak measured here: {peak:.0f} GFLOP/s; torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -385,6 +390,8 @@ def main() -> None:
     ap.add_argument("--plan", type=int, default=0, metavar="N", help="batch plans before/after on N tweets instead")
     ap.add_argument("--startup", action="store_true", help="time each start-up stage instead (merge cache off/on)")
     ap.add_argument("--no-short-prompt", action="store_true")
+    ap.add_argument("--retrained", nargs=3, action="append", default=[], metavar=("LABEL", "MODEL", "ADAPTER"),
+                    help="add a row for another model + its adapter (e.g. a truncated model retrained); repeatable")
     args = ap.parse_args()
     if args.whole_process:
         return whole_process(args.whole_process, args.rounds)
@@ -398,7 +405,7 @@ def main() -> None:
             profile(make(), texts, name)
         return None
     texts = load_tweets(args.n)
-    encoders = {name: make() for name, make in variants(args.adapter, not args.no_short_prompt)}
+    encoders = {name: make() for name, make in variants(args.adapter, not args.no_short_prompt, args.retrained)}
     st = minilm()
     if st is not None:
         encoders["all-MiniLM-L6-v2"] = st
