@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,3 +352,26 @@ def test_int8_is_cpu_only():
 
     with pytest.raises(ConfigError, match="CPU only"):
         resolve_dtype("int8", torch.device("cuda"))
+
+
+def test_truncated_model_folder_computes_the_first_layers_exactly(tmp_path, tiny_llama):
+    """scripts/truncate_model.py (issue 15's speed row): a folder of the first N layers whose output
+    is the full model's state after layer N (final norm applied), and refuses an impossible N."""
+    import importlib.util
+
+    from transformers import AutoModel
+
+    spec = importlib.util.spec_from_file_location("truncate", Path(__file__).parents[1] / "scripts" / "truncate_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.truncate(tiny_llama, 2, tmp_path / "first2")
+    full = AutoModel.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
+    cut = AutoModel.from_pretrained(out, torch_dtype=torch.float32).eval()
+    assert len(cut.layers) == 2 < len(full.layers)
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        ref = full.norm(full(input_ids=ids, output_hidden_states=True).hidden_states[2])
+        got = cut(input_ids=ids).last_hidden_state
+    assert torch.allclose(got, ref, atol=1e-6)
+    with pytest.raises(SystemExit, match="between 1 and"):
+        mod.truncate(tiny_llama, len(full.layers) + 1, tmp_path / "too-many")
