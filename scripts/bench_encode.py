@@ -83,7 +83,8 @@ def path_flops(enc: Encoder, ids: list[list[int]]) -> float:
 
 
 # ----------------------------------------------------------------------------- the variants
-def variants(adapter: str | None, short_prompt: bool, retrained: list[list[str]] = ()) -> list[tuple[str, Callable[[], Any]]]:
+def variants(adapter: str | None, short_prompt: bool,
+             retrained: tuple[list[str], ...] | list[list[str]] = ()) -> list[tuple[str, Callable[[], Any]]]:
     kw = {"adapter": adapter} if adapter else {}
     rows: list[tuple[str, Callable[[], Any]]] = [
         ("today: full path, bf16", lambda: Encoder(reuse_prefix=False, **kw)),

@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def truncate(source: Path, layers: int, out: Path) -> Path:
+    if not (source / "config.json").is_file():
+        raise SystemExit(f"error: {source} is not a model folder (no config.json)")
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     total = int(config["num_hidden_layers"])
     if not 1 <= layers <= total:
@@ -31,9 +33,8 @@ def truncate(source: Path, layers: int, out: Path) -> Path:
                 link.unlink()
             link.symlink_to(f.resolve())
     config["num_hidden_layers"] = layers
-    for key in ("layer_types",):  # per-layer lists some configs carry must match the new depth
-        if isinstance(config.get(key), list):
-            config[key] = config[key][:layers]
+    if isinstance(config.get("layer_types"), list):  # a per-layer list some configs carry
+        config["layer_types"] = config["layer_types"][:layers]
     (out / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     return out
 
@@ -44,10 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--model", default=None, help="source model folder (default: the embedded one)")
     args = ap.parse_args(argv)
-    from bellm_search.config import EMBEDDED_MODEL
     from bellm_search.encoder.loading import resolve_model
 
-    source = Path(resolve_model(args.model or EMBEDDED_MODEL))
+    source = Path(resolve_model(args.model))  # None: the embedded model
     print(truncate(source, args.layers, args.out))
 
 
