@@ -375,3 +375,45 @@ def test_truncated_model_folder_computes_the_first_layers_exactly(tmp_path, tiny
     assert torch.allclose(got, ref, atol=1e-6)
     with pytest.raises(SystemExit, match="between 1 and"):
         mod.truncate(tiny_llama, len(full.layers) + 1, tmp_path / "too-many")
+
+
+def test_block_influence_is_zero_for_a_layer_that_returns_its_input(tiny_llama):
+    """scripts/bench_layer_drop.py ranks layers by 1 - cos(input, output): a layer whose two output
+    projections are zero adds nothing to the residual stream, so its influence is 0 and it is the
+    first one the script would drop; the other layers turn their input (> 0)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("layer_drop", Path(__file__).parents[1] / "scripts" / "bench_layer_drop.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    enc = encoder(str(tiny_llama), bidirectional_layers=1, reuse_prefix=False)
+    layers = mod.decoder_layers(enc.replicas[0])
+    with torch.no_grad():
+        layers[2].self_attn.o_proj.weight.zero_()
+        layers[2].mlp.down_proj.weight.zero_()
+    influence = mod.block_influence(enc, SENTENCES)
+    assert len(influence) == len(layers)
+    assert influence[2] < 1e-6
+    assert min(b for i, b in enumerate(influence) if i != 2) > 1e-4
+
+
+def test_model_written_without_dropped_layers_equals_dropping_them_in_place(tmp_path, tiny_llama):
+    """bench_layer_drop.py --write: the saved folder (layers renumbered) loads as a plain model whose
+    vectors are those of the loaded encoder with the same layers removed in place."""
+    import importlib.util
+
+    from torch import nn
+
+    spec = importlib.util.spec_from_file_location("layer_drop", Path(__file__).parents[1] / "scripts" / "bench_layer_drop.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    enc = encoder(str(tiny_llama), bidirectional_layers=1, reuse_prefix=False)
+    full = list(decoder_layers(enc.replicas[0]))
+    mod.write_dropped(enc, full, [1], tmp_path / "dropped")
+    again = encoder(str(tiny_llama), bidirectional_layers=1, reuse_prefix=False)
+    layers = list(decoder_layers(again.replicas[0]))
+    mod.layer_owner(again.replicas[0]).layers = nn.ModuleList([layers[0]] + layers[2:])
+    saved = encoder(str(tmp_path / "dropped"), bidirectional_layers=1, reuse_prefix=False)
+    assert len(decoder_layers(saved.replicas[0])) == len(full) - 1
+    np.testing.assert_allclose(saved.encode(SENTENCES), again.encode(SENTENCES), atol=1e-5)
+    assert not np.allclose(saved.encode(SENTENCES), encoder(str(tiny_llama), bidirectional_layers=1).encode(SENTENCES), atol=1e-3)
