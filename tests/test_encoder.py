@@ -347,6 +347,24 @@ def test_int8_quantises_linear_layers_and_stays_close(tiny_root):
     assert np.abs(got - ref).max() > 1e-6  # it really is another arithmetic
 
 
+def test_explicit_bf16_on_a_cpu_without_bf16_warns_and_auto_picks_float32(monkeypatch, caplog):
+    from bellm_search.encoder import loading
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="bellm_search.encoder.loading"):
+        assert loading.resolve_dtype("auto", cpu) == torch.float32
+        assert not caplog.records
+        assert loading.resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    assert "without bf16 instructions" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="bellm_search.encoder.loading"):
+        assert loading.resolve_dtype("auto", cpu) == torch.bfloat16
+        assert loading.resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    assert not caplog.records
+
+
 def test_int8_is_cpu_only():
     from bellm_search.encoder.loading import resolve_dtype
 

@@ -58,6 +58,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
             raise ConfigError(f"--dtype int8 runs on the CPU only (got --device {device}); use bfloat16 on GPUs")
         return torch.float32
     if dtype != "auto":
+        if dtype == "bfloat16" and device.type == "cpu" and not cpu_supports_bf16():
+            log.warning("--dtype bfloat16 on a CPU without bf16 instructions takes a slow fallback (8x or "
+                        "more slower than float32); --dtype auto picks float32 on this CPU")
         return getattr(torch, dtype)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
