@@ -73,8 +73,8 @@ def block_influence(enc: Encoder, texts: list[str]) -> list[float]:
 
 def write_dropped(enc: Encoder, full: list[nn.Module], dropped: list[int], out: Path) -> None:
     """Save the merged model without the ``dropped`` layers (renumbered, bidirectional marks cleared)."""
-    model, owner = enc.replicas[0], layer_owner(enc.replicas[0])
-    kept = [layer for i, layer in enumerate(full) if i not in set(dropped)]
+    model, owner, gone = enc.replicas[0], layer_owner(enc.replicas[0]), set(dropped)
+    kept = [layer for i, layer in enumerate(full) if i not in gone]
     for j, layer in enumerate(kept):
         layer.self_attn.layer_idx = j
         layer.self_attn.is_causal = True  # training makes its own top layers bidirectional
@@ -82,7 +82,7 @@ def write_dropped(enc: Encoder, full: list[nn.Module], dropped: list[int], out: 
     cfg = model.config
     cfg.num_hidden_layers = len(kept)
     if getattr(cfg, "layer_types", None):
-        cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in set(dropped)]
+        cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in gone]
     model.save_pretrained(out)
     enc.tokenizer.save_pretrained(out)
     (out / "dropped_layers.json").write_text(json.dumps({"dropped": dropped, "of": len(full)}) + "\n")
@@ -96,6 +96,12 @@ def main() -> None:
     ap.add_argument("--adapter", default=None, help="adapter (default: the shipped one)")
     ap.add_argument("--write", type=Path, default=None, metavar="DIR", help="save the model with --drop K layers removed")
     args = ap.parse_args()
+    try:
+        counts = [int(x) for x in args.drop.split(",")]
+    except ValueError:
+        ap.error(f"--drop {args.drop!r}: comma-separated whole numbers, e.g. 0,2,4")
+    if args.write is not None and len(counts) != 1:
+        ap.error("--write takes a single --drop K (the number of layers to remove)")
     kw = {"adapter": args.adapter} if args.adapter else {}
     enc = Encoder(reuse_prefix=False, **kw)
     sts, pit = read_sts(STSB_DEV), read_pairs(PIT_DEV)
@@ -107,9 +113,11 @@ def main() -> None:
     print(f"drop order (causal layers 1..{len(full) - top - 1}): {order}", flush=True)
     print(f"dtype {str(enc.dtype)[6:]}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     owner = layer_owner(enc.replicas[0])
+    if any(not 0 <= k <= len(order) for k in counts):
+        ap.error(f"--drop: between 0 and {len(order)} (the causal layers other than layer 0)")
     if args.write is not None:
-        return write_dropped(enc, full, sorted(order[: int(args.drop)]), args.write)
-    for k in (int(x) for x in args.drop.split(",")):
+        return write_dropped(enc, full, sorted(order[: counts[0]]), args.write)
+    for k in counts:
         dropped = set(order[:k])
         owner.layers = nn.ModuleList([layer for i, layer in enumerate(full) if i not in dropped])
         t = time.perf_counter()
@@ -119,7 +127,6 @@ def main() -> None:
         print(json.dumps({"dropped": k, "layers": sorted(dropped), "work": round((len(full) - k) / len(full), 3),
                           "stsb_dev": round(stsb, 2), "pit_dev_ap": round(pit_ap, 2), "stsb_seconds": round(sts_s, 1)}),
               flush=True)
-    owner.layers = nn.ModuleList(full)
 
 
 if __name__ == "__main__":

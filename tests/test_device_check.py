@@ -2,23 +2,20 @@
 while the other sections still run."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from scripts_loader import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "device_check.py"
 
 
 @pytest.fixture(scope="module")
 def device_check():
-    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["device_check"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("device_check")
 
 
 def test_dry_run_passes_every_section(tmp_path):

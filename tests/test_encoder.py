@@ -15,6 +15,7 @@ from bellm_search.encoder.encode import Encoder, pad_batch, plan_batches
 from bellm_search.encoder.loading import load_base_model, write_adapter_json
 from bellm_search.encoder.pooling import last_token_index, last_token_pool, mean_pool
 from bellm_search.errors import ConfigError, ModelError
+from scripts_loader import load_script
 from tiny_models import FAMILIES, make_model_folder
 
 SENTENCES = [
@@ -375,13 +376,9 @@ def test_int8_is_cpu_only():
 def test_truncated_model_folder_computes_the_first_layers_exactly(tmp_path, tiny_llama):
     """scripts/truncate_model.py (issue 15's speed row): a folder of the first N layers whose output
     is the full model's state after layer N (final norm applied), and refuses an impossible N."""
-    import importlib.util
-
     from transformers import AutoModel
 
-    spec = importlib.util.spec_from_file_location("truncate", Path(__file__).parents[1] / "scripts" / "truncate_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("truncate_model")
     out = mod.truncate(tiny_llama, 2, tmp_path / "first2")
     full = AutoModel.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
     cut = AutoModel.from_pretrained(out, torch_dtype=torch.float32).eval()
@@ -399,11 +396,7 @@ def test_block_influence_is_zero_for_a_layer_that_returns_its_input(tiny_llama):
     """scripts/bench_layer_drop.py ranks layers by 1 - cos(input, output): a layer whose two output
     projections are zero adds nothing to the residual stream, so its influence is 0 and it is the
     first one the script would drop; the other layers turn their input (> 0)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("layer_drop", Path(__file__).parents[1] / "scripts" / "bench_layer_drop.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("bench_layer_drop")
     enc = encoder(str(tiny_llama), bidirectional_layers=1, reuse_prefix=False)
     layers = mod.decoder_layers(enc.replicas[0])
     with torch.no_grad():
@@ -418,13 +411,9 @@ def test_block_influence_is_zero_for_a_layer_that_returns_its_input(tiny_llama):
 def test_model_written_without_dropped_layers_equals_dropping_them_in_place(tmp_path, tiny_llama):
     """bench_layer_drop.py --write: the saved folder (layers renumbered) loads as a plain model whose
     vectors are those of the loaded encoder with the same layers removed in place."""
-    import importlib.util
-
     from torch import nn
 
-    spec = importlib.util.spec_from_file_location("layer_drop", Path(__file__).parents[1] / "scripts" / "bench_layer_drop.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("bench_layer_drop")
     enc = encoder(str(tiny_llama), bidirectional_layers=1, reuse_prefix=False)
     full = list(decoder_layers(enc.replicas[0]))
     mod.write_dropped(enc, full, [1], tmp_path / "dropped")

@@ -16,6 +16,8 @@ from bellm_search.training import model as M
 from bellm_search.training.data import micro_batch, negative_mask, plan_chunks, read_training_data
 from bellm_search.training.loop import TrainConfig, train
 from bellm_search.training.model import full_forward, lower_states, tokenize_texts, top_forward
+from scripts_loader import load_script
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -173,14 +175,10 @@ def test_a_run_over_a_subset_of_cached_texts_reuses_that_cache(tmp_path, tiny_ll
 
 
 def test_mine_negatives_script_adds_a_mined_copy_of_rows(tmp_path, tiny_llama, monkeypatch):
-    import importlib.util
-
     monkeypatch.setenv("BELLM_CACHE", str(tmp_path / "cache"))  # the script's lower-layer cache
 
     out = train(tiny_cfg(tmp_path, tiny_llama, lora_dropout=0.0))
-    spec = importlib.util.spec_from_file_location("mine", Path(__file__).parents[1] / "scripts" / "mine_negatives.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("mine_negatives")
     data = tmp_path / "data.jsonl"
     mined = tmp_path / "mined.jsonl"
     mod.main(["--adapter", str(out), "--data", str(data), "--out", str(mined), "--model", str(tiny_llama),
@@ -194,8 +192,6 @@ def test_mine_negatives_script_adds_a_mined_copy_of_rows(tmp_path, tiny_llama, m
 
 
 def test_mining_with_the_dev_sets_leaves_a_cache_the_training_run_reuses(tmp_path, tiny_llama, monkeypatch):
-    import importlib.util
-
     from bellm_search.cli.train import dev_scorer
 
     monkeypatch.setenv("BELLM_CACHE", str(tmp_path / "cache"))
@@ -203,9 +199,7 @@ def test_mining_with_the_dev_sets_leaves_a_cache_the_training_run_reuses(tmp_pat
     pairs = tmp_path / "dev_pairs.jsonl"  # texts the training data does not hold
     pairs.write_text("".join(json.dumps({"text1": f"dev text {i}", "text2": f"other dev text {i}", "label": i % 2})
                              + "\n" for i in range(6)))
-    spec = importlib.util.spec_from_file_location("mine", Path(__file__).parents[1] / "scripts" / "mine_negatives.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("mine_negatives")
     mined = tmp_path / "mined.jsonl"
     mod.main(["--adapter", str(out), "--data", str(tmp_path / "data.jsonl"), "--out", str(mined),
               "--model", str(tiny_llama), "--margin", "2.0", "--dev-pairs", str(pairs)])
